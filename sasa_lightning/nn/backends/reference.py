@@ -1,0 +1,103 @@
+"""The readable implementation of eq. 3: every neighbourhood unfolded, then a softmax over it.
+
+It holds k^2 copies of keys and values for the whole image, so it is the oracle for the other
+backends, not something to train with. `window_attention` is also the per-tile computation of
+the chunked backend, which is why it accepts keys and values with only partial row context.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _windows(x: Tensor, kernel_size: int, pad: tuple[int, int, int, int]) -> Tensor:
+    """(B, N, D, rows, W) -> (B, N, D, k*k, out_rows, W): each pixel's k x k neighbourhood.
+
+    `pad` is (left, right, top, bottom) zero padding; window index = row offset * k + col offset.
+    """
+    batch, heads, dim, _, _ = x.shape
+    padded = F.pad(x.flatten(1, 2), pad)
+    out_rows = padded.shape[-2] - kernel_size + 1
+    out_cols = padded.shape[-1] - kernel_size + 1
+    unfolded = F.unfold(padded, kernel_size)
+    return unfolded.view(batch, heads, dim, kernel_size * kernel_size, out_rows, out_cols)
+
+
+def window_attention(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    padding: str,
+    pad_rows: tuple[int, int],
+) -> Tensor:
+    """Local attention for the query rows `q` given keys/values with the rows around them.
+
+    q: (B, N, D, rows, W). k, v: (B, N, D, context_rows, W) where context_rows = rows + 2p -
+    sum(pad_rows): the rows of the image that the queries' windows reach; `pad_rows` (top,
+    bottom) says how many window rows fall outside the image on each side. k is None when the
+    logits are q.r only. rel_rows, rel_cols: (N, k, D/2) or None (no relative logits).
+    Returns (B, N, D, rows, W).
+    """
+    p = kernel_size // 2
+    pad = (p, p, pad_rows[0], pad_rows[1])
+    logits = None
+    if k is not None:
+        logits = (q.unsqueeze(3) * _windows(k, kernel_size, pad)).sum(2)
+    if rel_rows is not None:
+        half = q.shape[2] // 2
+        row_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, :half], rel_rows)
+        col_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, half:], rel_cols)
+        rel_logits = (row_logits.unsqueeze(3) + col_logits.unsqueeze(2)).flatten(2, 3)
+        logits = rel_logits if logits is None else logits + rel_logits
+    if padding == "mask":
+        inside = torch.ones_like(v[:1, :1, :1])
+        outside = _windows(inside, kernel_size, pad)[:, :, 0] == 0
+        logits = logits.masked_fill(outside, float("-inf"))
+    weights = logits.softmax(dim=2)
+    return (weights.unsqueeze(2) * _windows(v, kernel_size, pad)).sum(3)
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    padding: str,
+) -> Tensor:
+    p = kernel_size // 2
+    return window_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding, (p, p))
+
+
+def project(x: Tensor, weight: Tensor, heads: int) -> Tensor:
+    """A dense 1x1 projection (weight: (C_out, C_in)) split into heads: (B, N, C_out/N, H, W)."""
+    out = F.conv2d(x, weight[:, :, None, None])
+    return out.unflatten(1, (heads, -1))
+
+
+def local_self_attention(
+    x: Tensor,
+    query_weight: Tensor,
+    key_weight: Tensor | None,
+    value_weight: Tensor,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    heads: int,
+    key_bias: Tensor | None,
+    padding: str,
+) -> Tensor:
+    q = project(x, query_weight, heads)
+    k = None
+    if key_weight is not None:
+        k = project(x, key_weight, heads)
+        if key_bias is not None:
+            k = k + key_bias.unflatten(1, (heads, -1))
+    v = project(x, value_weight, heads)
+    return local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding).flatten(1, 2)

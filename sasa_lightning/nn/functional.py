@@ -1,0 +1,102 @@
+"""The local self-attention operator (eq. 3 of the paper) and its dispatch to backends.
+
+    y_ij = sum_{ab in N_k(i,j)} softmax_ab(q_ij . k_ab + q_ij . r_{a-i,b-j}) v_ab
+
+computed per head, with no 1/sqrt(d) scaling; r is the concatenation of a row-offset and a
+column-offset embedding, each half of a head's channels.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from torch import Tensor
+
+from .backends import BACKENDS
+
+PADDING_MODES = ("zeros", "mask")
+BACKEND_NAMES = ("auto", *BACKENDS)
+
+
+def resolve_backend(backend: str, device_type: str) -> ModuleType:
+    """The backend module for a name; "auto" is the chunked backend on every device for now."""
+    if backend == "auto":
+        return BACKENDS["chunked"]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
+    return BACKENDS[backend]
+
+
+def _check(
+    heads: int, head_dim: int, has_keys: bool, rel_rows: Tensor | None, rel_cols: Tensor | None, kernel_size: int, padding: str
+) -> None:
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
+    if (rel_rows is None) != (rel_cols is None):
+        raise ValueError("rel_rows and rel_cols must both be given or both be None")
+    if not has_keys and rel_rows is None:
+        raise ValueError("with no keys the logits are q.r only, so rel_rows and rel_cols are required")
+    if rel_rows is not None:
+        expected = (heads, kernel_size, head_dim // 2)
+        if head_dim % 2 or tuple(rel_rows.shape) != expected or tuple(rel_cols.shape) != expected:
+            raise ValueError(
+                f"relative embeddings must have shape (heads, kernel_size, head_dim/2) = {expected} "
+                f"with an even head_dim; got rel_rows {tuple(rel_rows.shape)}, rel_cols {tuple(rel_cols.shape)}"
+            )
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor | None,
+    v: Tensor,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    padding: str = "zeros",
+    backend: str = "auto",
+) -> Tensor:
+    """Multi-head local attention over k x k neighbourhoods.
+
+    q, k, v: (B, heads, head_dim, H, W). k may be None (logits q.r only). rel_rows, rel_cols:
+    (heads, kernel_size, head_dim/2) embeddings of the row and column offsets -k//2..k//2, or
+    None (no relative logits). padding: "zeros" (neighbours outside the image take part with key
+    and value 0, as a convolution pads) or "mask" (they are left out of the softmax).
+    Returns (B, heads, head_dim, H, W).
+    """
+    if q.dim() != 5 or v.shape != q.shape or (k is not None and k.shape != q.shape):
+        shapes = [None if t is None else tuple(t.shape) for t in (q, k, v)]
+        raise ValueError(f"q, k, v must all have shape (B, heads, head_dim, H, W); got {shapes}")
+    _check(q.shape[1], q.shape[2], k is not None, rel_rows, rel_cols, kernel_size, padding)
+    impl = resolve_backend(backend, q.device.type)
+    return impl.local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding)
+
+
+def local_self_attention(
+    x: Tensor,
+    query_weight: Tensor,
+    key_weight: Tensor | None,
+    value_weight: Tensor,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    heads: int,
+    key_bias: Tensor | None = None,
+    padding: str = "zeros",
+    backend: str = "auto",
+) -> Tensor:
+    """The whole layer: 1x1 projections of x (B, C_in, H, W) into q, k, v, then local attention.
+
+    Weights are (C_out, C_in); key_bias (1, C_out, H, W) is added to the keys (absolute
+    positions). Backends may fuse the projections into their tiles (the chunked one does, so
+    the layer never stores q, k and v). Returns (B, C_out, H, W).
+    """
+    out_channels = query_weight.shape[0]
+    if out_channels % heads:
+        raise ValueError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
+    _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size, padding)
+    impl = resolve_backend(backend, x.device.type)
+    return impl.local_self_attention(
+        x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
+    )
