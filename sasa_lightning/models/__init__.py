@@ -1,0 +1,7 @@
+"""Model definitions, the registry and analytic complexity."""
+
+from .complexity import Complexity, complexity
+from .registry import create_model, list_models, register_model
+from .resnet import ResNet
+
+__all__ = ["Complexity", "ResNet", "complexity", "create_model", "list_models", "register_model"]

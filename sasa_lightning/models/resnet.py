@@ -1,0 +1,134 @@
+"""Conv and SASA ResNets from one parameterised bottleneck (paper section 4.1).
+
+The conv baseline is ResNet v1.5 (stride on the 3x3 conv, as torchvision). SASA variants swap
+each 3x3 conv of the chosen stages for LocalSelfAttention2d, and optionally the 7x7 stem for
+AttentionStem.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from ..nn import AttentionStem, LocalSelfAttention2d
+
+STAGE_WIDTHS = (64, 128, 256, 512)
+EXPANSION = 4
+STEMS = ("conv", "attention")
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> spatial (3x3 conv or local attention) -> 1x1 expand, plus the shortcut."""
+
+    def __init__(self, in_channels: int, width: int, stride: int, spatial: nn.Module) -> None:
+        super().__init__()
+        out_channels = width * EXPANSION
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.spatial = spatial
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.spatial(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+    """A bottleneck ResNet whose stages (numbered 1-4, as the paper's "groups") may use attention.
+
+    Options: blocks per stage; stem "conv" (7x7/2 conv + 3x3/2 max pool) or "attention";
+    attention_stages, the stages whose spatial layers are LocalSelfAttention2d; and the
+    attention layer's kernel_size, heads, positional, logits, padding and backend.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[int],
+        stem: str = "conv",
+        attention_stages: Sequence[int] = (),
+        num_classes: int = 1000,
+        kernel_size: int = 7,
+        heads: int = 8,
+        positional: str = "relative",
+        logits: str = "qk+qr",
+        padding: str = "zeros",
+        backend: str = "auto",
+        stem_heads: int = 4,
+        stem_values: str = "spatially_aware",
+    ) -> None:
+        super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if len(blocks) != len(STAGE_WIDTHS):
+            raise ValueError(f"blocks must give {len(STAGE_WIDTHS)} stages, got {tuple(blocks)}")
+        bad = [s for s in attention_stages if s not in (1, 2, 3, 4)]
+        if bad:
+            raise ValueError(f"attention_stages are stage numbers 1-4, got {tuple(attention_stages)}")
+        self.stem_kind, self.attention_stages = stem, tuple(sorted(attention_stages))
+        attention = dict(
+            kernel_size=kernel_size, heads=heads, positional=positional, logits=logits, padding=padding, backend=backend
+        )
+
+        if stem == "conv":
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, STAGE_WIDTHS[0], 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(STAGE_WIDTHS[0]),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        else:
+            self.stem = AttentionStem(3, STAGE_WIDTHS[0], heads=stem_heads, values=stem_values)
+
+        stages = []
+        in_channels = STAGE_WIDTHS[0]
+        for number, (width, count) in enumerate(zip(STAGE_WIDTHS, blocks), start=1):
+            layers = []
+            for index in range(count):
+                stride = 2 if index == 0 and number > 1 else 1
+                if number in self.attention_stages:
+                    spatial = LocalSelfAttention2d(width, width, stride=stride, **attention)
+                else:
+                    spatial = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+                layers.append(Bottleneck(in_channels, width, stride, spatial))
+                in_channels = width * EXPANSION
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_channels, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        # Each residual branch starts as the identity (Goyal et al. 2017): its last BN is zero.
+        for module in self.modules():
+            if isinstance(module, Bottleneck):
+                nn.init.zeros_(module.bn3.weight)
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """The outputs of the four stages (C2-C5), for detection backbones."""
+        x = self.stem(x)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.forward_features(x)[-1]).flatten(1))
