@@ -12,7 +12,6 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
-	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
