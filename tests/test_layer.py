@@ -1,0 +1,83 @@
+"""LocalSelfAttention2d: the fused layer path of every backend against the reference."""
+
+import copy
+
+import pytest
+import torch
+
+from sasa_lightning.nn import LocalSelfAttention2d
+from sasa_lightning.nn.backends import BACKENDS
+
+OTHER_BACKENDS = [name for name in BACKENDS if name != "reference"]
+
+
+def grads_of(layer, x):
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    return [out.detach(), x.grad] + [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize(
+    "positional,logits", [("relative", "qk+qr"), ("relative", "qr"), ("absolute", "qk+qr"), ("none", "qk+qr")]
+)
+@pytest.mark.parametrize("padding", ["zeros", "mask"])
+def test_layer_backend_matches_reference(backend, stride, kernel_size, positional, logits, padding, small_tiles):
+    options = dict(kernel_size=kernel_size, heads=2, stride=stride, positional=positional, logits=logits, padding=padding)
+    reference = LocalSelfAttention2d(6, 8, backend="reference", **options).double()
+    other = copy.deepcopy(reference)
+    other.backend = backend
+    x = torch.randn(2, 6, 6, 10, dtype=torch.float64)
+    got, expected = grads_of(other, x), grads_of(reference, x)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-10)
+
+
+def test_stride_two_pools_attention_at_input_resolution():
+    layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2, stride=2)
+    x = torch.randn(1, 8, 6, 6)
+    full = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2)
+    full.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), torch.nn.functional.avg_pool2d(full(x), 2))
+
+
+def test_parameters_match_the_paper():
+    """Dense q, k, v (3 d_in d_out) plus k * d_out relative embeddings; no key matrix for q.r-only."""
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(LocalSelfAttention2d(64, 128, kernel_size=7)) == 3 * 64 * 128 + 7 * 128
+    assert count(LocalSelfAttention2d(64, 128, kernel_size=7, logits="qr")) == 2 * 64 * 128 + 7 * 128
+    assert count(LocalSelfAttention2d(64, 128, positional="absolute")) == 3 * 64 * 128
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(out_channels=12, heads=8), r"out_channels \(12\) must be divisible by heads \(8\)"),
+        (dict(out_channels=24, heads=8), "channels per head must be even"),
+        (dict(kernel_size=6), "kernel_size must be a positive odd number"),
+        (dict(positional="learned"), "positional must be one of"),
+        (dict(logits="qk"), "logits must be one of"),
+        (dict(padding="same"), "padding must be one of"),
+        (dict(backend="fast"), "backend must be one of"),
+        (dict(stride=3), "stride must be one of"),
+        (dict(logits="qr", positional="none"), "positional must be 'relative'"),
+    ],
+)
+def test_bad_options_are_rejected(kwargs, message):
+    options = dict(in_channels=16, out_channels=16, heads=2) | kwargs
+    with pytest.raises(ValueError, match=message):
+        LocalSelfAttention2d(**options)
+
+
+def test_bf16_autocast_runs_forward_and_backward():
+    layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2)
+    x = torch.randn(2, 8, 5, 5, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
