@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
@@ -41,6 +43,15 @@ def _print_row(result: dict, first: bool) -> None:
     )
 
 
+def run_benchmark(name: str, args: list[str]) -> int:
+    """Run benchmarks/<name>.py of the source checkout (benchmarks are not part of the wheel)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not script.is_file():
+        print(f"sasa bench: {script} not found; benchmarks run from a source checkout of sasa-lightning", file=sys.stderr)
+        return 2
+    return subprocess.run([sys.executable, str(script), *args]).returncode
+
+
 def _parser() -> argparse.ArgumentParser:
     from .models.paper import PAPER_TABLES
 
@@ -62,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
         summary(args.table or sorted(PAPER_TABLES), args.format)
     elif args.command == "bench":
-        from .bench import run_benchmark
-
         return run_benchmark(args.name, args.args)
     return 0
 
