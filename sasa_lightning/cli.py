@@ -1,13 +1,21 @@
-"""The `sasa` command."""
+"""The `sasa` command.
+
+Trainer subcommands (fit, validate, test, predict) are LightningCLI: `sasa fit --config X.yaml`.
+Tools: `sasa summary` (the paper's tables), `sasa data ...` (writers, demo data), `sasa plot`
+(curves of a run) and `sasa bench ...` (benchmarks of the source checkout).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
@@ -52,29 +60,99 @@ def run_benchmark(name: str, args: list[str]) -> int:
     return subprocess.run([sys.executable, str(script), *args]).returncode
 
 
-def _parser() -> argparse.ArgumentParser:
+def _tools_parser() -> argparse.ArgumentParser:
     from .models.paper import PAPER_TABLES
 
-    parser = argparse.ArgumentParser(prog="sasa", description="Stand-alone self-attention vision models.")
+    parser = argparse.ArgumentParser(
+        prog="sasa",
+        description="Stand-alone self-attention vision models. Training: sasa fit|validate|test|predict --config X.yaml",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     tables = commands.add_parser("summary", help="our parameter and FLOP counts beside the paper's tables")
     tables.add_argument("--table", type=int, action="append", choices=sorted(PAPER_TABLES), help="repeatable; default: all")
     tables.add_argument("--format", choices=("text", "json"), default="text")
+
+    data = commands.add_parser("data", help="write datasets").add_subparsers(dest="data_command", required=True)
+    writer = data.add_parser("write-ffcv", help="an ImageFolder tree to an FFCV .beton file")
+    writer.add_argument("--src", required=True, help="ImageFolder root (one sub-folder of images per class)")
+    writer.add_argument("--out", required=True, help="the .beton file to write")
+    writer.add_argument("--max-resolution", type=int, default=256, help="longer image side stored (default 256)")
+    writer.add_argument("--jpeg-quality", type=int, default=90)
+    writer.add_argument("--num-workers", type=int, default=None)
+    digits = data.add_parser("digits", help="write the built-in demo data (ImageFolder and .beton files)")
+    digits.add_argument("--cache-dir", default=None, help="default: $SASA_CACHE or ~/.cache/sasa-lightning")
+
+    plot = commands.add_parser("plot", help="loss and accuracy curves of a run as a PNG")
+    plot.add_argument("log_dir", help="a run's log folder holding metrics.csv, e.g. runs/digits/logs/version_0")
+    plot.add_argument("--out", default=None, help="default: <log_dir>/curves.png")
+
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
     bench.add_argument("name", choices=("layer",))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run_tool(argv: list[str]) -> int:
+    args = _tools_parser().parse_args(argv)
     if args.command == "summary":
         from .models.paper import PAPER_TABLES
 
         summary(args.table or sorted(PAPER_TABLES), args.format)
+    elif args.command == "data" and args.data_command == "write-ffcv":
+        from .data import write_ffcv
+
+        out = write_ffcv(args.src, args.out, args.max_resolution, args.jpeg_quality, args.num_workers)
+        print(f"wrote {out}")
+    elif args.command == "data":
+        from .data import prepare_digits
+
+        for name, path in prepare_digits(args.cache_dir).items():
+            print(f"{name}: {path}")
+    elif args.command == "plot":
+        from .plot import plot_run
+
+        print(f"wrote {plot_run(args.log_dir, args.out)}")
     elif args.command == "bench":
         return run_benchmark(args.name, args.args)
     return 0
+
+
+def _run_trainer(argv: list[str]) -> int:
+    from .training_cli import SasaCLI
+
+    SasaCLI(args=argv)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run = _run_trainer if argv and argv[0] in TRAINER_COMMANDS else _run_tool
+    if os.environ.get("SASA_DEBUG"):
+        return run(argv)
+    try:
+        return run(argv)
+    except USER_ERRORS as error:
+        # What the user gave is wrong: one line, no traceback (SASA_DEBUG=1 shows it).
+        print(f"sasa: error: {_root_message(error)}", file=sys.stderr)
+        return 2
+
+
+USER_ERRORS = (ValueError, FileNotFoundError)  # DataError and CheckpointError are ValueErrors
+
+
+def _root_message(error: BaseException) -> str:
+    """The message of the innermost user error in the chain, on one line.
+
+    jsonargparse wraps an error raised while building a class (an unknown model name, say) in
+    its own multi-line report; the original, which says what is wrong, is at the end of the chain.
+    """
+    root, link = error, error
+    while link is not None:
+        if isinstance(link, USER_ERRORS):
+            root = link
+        # Follow the chain as Python's traceback does: `raise ... from None` ends it.
+        link = link.__cause__ if link.__cause__ is not None else None if link.__suppress_context__ else link.__context__
+    return "; ".join(line.strip() for line in str(root).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

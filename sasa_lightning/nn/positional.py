@@ -17,6 +17,8 @@ class RelativeEmbedding2d(nn.Module):
     and the column embedding the second half, so a layer holds k * d_out parameters (paper 3.2).
     """
 
+    no_weight_decay = ("rel_rows", "rel_cols")
+
     def __init__(self, heads: int, head_dim: int, kernel_size: int) -> None:
         super().__init__()
         if head_dim % 2:

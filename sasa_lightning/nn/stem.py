@@ -25,6 +25,8 @@ class AttentionStem(nn.Module):
     non-negative like the conv stem's.
     """
 
+    no_weight_decay = ("emb_row", "emb_col", "nu")  # position embeddings and mixture logits
+
     def __init__(
         self,
         in_channels: int = 3,

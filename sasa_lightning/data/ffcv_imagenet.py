@@ -1,0 +1,166 @@
+"""FFCVImageNet: ImageNet-style classification from FFCV .beton files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, require_path
+from .image_module import ImageDataModule
+
+BETON_FIELDS = ("image", "label")
+
+
+def check_beton(path) -> int:
+    """The number of samples; one clear line unless `path` is a complete .beton with 'image' and 'label' fields."""
+    from ffcv.reader import Reader
+
+    require_path(path, "FFCV file")
+    try:
+        reader = Reader(str(path))
+        fields = tuple(reader.handlers)
+    except Exception as error:  # FFCV raises assorted errors (struct, numpy, index) on bad files
+        raise DataError(
+            f"{str(path)!r} is not a readable FFCV file (truncated, or not written by 'sasa data write-ffcv'): {error}"
+        ) from None
+    if fields != BETON_FIELDS:
+        raise DataError(f"FFCV file {str(path)!r} has fields {fields}; expected {BETON_FIELDS} (write it with 'sasa data write-ffcv')")
+    return int(reader.num_samples)
+
+
+class EpochLoader:
+    """An FFCV Loader whose epoch (order seed, resolution) is the one Lightning says it is.
+
+    FFCV counts epochs itself (next_epoch), from 0 in every process, so a resumed run would
+    replay epoch 0's order. Lightning calls `dataloader.sampler.set_epoch(n)` before every epoch
+    with the number of epochs already processed (as for a DistributedSampler); this loader is
+    its own `sampler` to receive it. Iteration starts lazily, at the first batch, because
+    Lightning creates the iterator of a restored run before it sets the epoch, as it may for a
+    DataLoader, whose sampler is lazy too.
+    """
+
+    def __init__(self, loader, decoder=None, resolution_at=None) -> None:
+        self.loader, self.decoder, self.resolution_at = loader, decoder, resolution_at
+        self.epoch = 0
+        self.sampler, self.batch_sampler = self, None  # the attributes Lightning looks for on a DataLoader
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.loader.next_epoch = self.epoch
+        if self.decoder is not None:
+            size = self.resolution_at(self.epoch)
+            self.decoder.output_size = (size, size)
+        iterator = iter(self.loader)
+        try:
+            yield from iterator
+        finally:
+            iterator.close()  # stops FFCV's reader thread when an epoch is cut short
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class FFCVImageNet(ImageDataModule):
+    """Train/val .beton files (fields 'image', 'label'), decoded and augmented by FFCV.
+
+    Progressive resizing (the FFCV ImageNet recipe): with min_resolution set, the training
+    resolution grows linearly from min_resolution at ramp_start_epoch to `resolution` at
+    ramp_end_epoch, in steps of resolution_step pixels.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        val_path: str,
+        num_classes: int,
+        min_resolution: int | None = None,
+        ramp_start_epoch: int = 0,
+        ramp_end_epoch: int = 0,
+        resolution_step: int = 32,
+        **options,
+    ) -> None:
+        super().__init__(num_classes=num_classes, **options)
+        self.train_path, self.val_path = train_path, val_path
+        self.min_resolution, self.resolution_step = min_resolution, resolution_step
+        self.ramp_start_epoch, self.ramp_end_epoch = ramp_start_epoch, ramp_end_epoch
+
+    def resolution_at(self, epoch: int) -> int:
+        if self.min_resolution is None or epoch >= self.ramp_end_epoch:
+            return self.resolution
+        if epoch <= self.ramp_start_epoch:
+            return self.min_resolution
+        fraction = (epoch - self.ramp_start_epoch) / (self.ramp_end_epoch - self.ramp_start_epoch)
+        size = self.min_resolution + fraction * (self.resolution - self.min_resolution)
+        return int(round(size / self.resolution_step)) * self.resolution_step
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":
+            self.check_one_batch(check_beton(self.train_path), repr(self.train_path))
+        check_beton(self.val_path)
+
+    def _workers(self) -> int:
+        return self.num_workers if self.num_workers is not None else os.cpu_count() or 1
+
+    def _distributed(self) -> bool:
+        return self.trainer is not None and self.trainer.world_size > 1
+
+    def _image_tail(self):
+        from ffcv.transforms import NormalizeImage, ToTensor, ToTorchImage
+
+        # Keep the numba-jitted operations together: FFCV 1.0.2 hangs on a jitted ->
+        # not-jitted -> jitted pipeline (see NOTES), so normalise before ToTensor.
+        mean = np.array(self.mean) * 255
+        std = np.array(self.std) * 255
+        return [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
+
+    def _label_pipeline(self):
+        from ffcv.fields.decoders import IntDecoder
+        from ffcv.transforms import Squeeze, ToTensor
+
+        return [IntDecoder(), ToTensor(), Squeeze(1)]
+
+    def train_dataloader(self):
+        from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.transforms import RandomHorizontalFlip
+
+        size = self.resolution_at(0)
+        decoder = RandomResizedCropRGBImageDecoder((size, size), scale=self.scale, ratio=self.ratio)
+        image = [decoder] + ([RandomHorizontalFlip()] if self.flip else []) + self._image_tail()
+        loader = Loader(
+            self.train_path,
+            batch_size=self.batch_size,
+            num_workers=self._workers(),
+            order=OrderOption.RANDOM,
+            drop_last=True,
+            seed=self.seed,
+            distributed=self._distributed(),
+            pipelines={"image": image, "label": self._label_pipeline()},
+        )
+        return EpochLoader(loader, decoder, self.resolution_at)
+
+    def val_dataloader(self):
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder
+        from ffcv.loader import Loader, OrderOption
+
+        decoder = CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)
+        loader = Loader(
+            self.val_path,
+            batch_size=self.batch_size,
+            num_workers=self._workers(),
+            order=OrderOption.SEQUENTIAL,
+            drop_last=False,
+            distributed=self._distributed(),
+            pipelines={"image": [decoder] + self._image_tail(), "label": self._label_pipeline()},
+        )
+        return EpochLoader(loader)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def predict_dataloader(self):
+        return self.val_dataloader()

@@ -1,0 +1,47 @@
+"""`sasa data write-ffcv`: an ImageFolder tree to an FFCV .beton file, atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import DataError, require_path
+from .image_folder import open_image_folder
+
+
+def write_ffcv(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    max_resolution: int = 256,
+    jpeg_quality: int = 90,
+    num_workers: int | None = None,
+) -> Path:
+    """Write every image of the ImageFolder `src` (class folders of images) to the .beton `out`.
+
+    Images are stored as JPEG with their longer side at most max_resolution. The file is written
+    under a temporary name beside `out` and renamed when complete, so an interrupted write never
+    leaves a file that looks finished.
+    """
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    require_path(src, "image folder")
+    if not 1 <= jpeg_quality <= 100:
+        raise DataError(f"jpeg_quality must be between 1 and 100, got {jpeg_quality}")
+    if max_resolution < 8:
+        raise DataError(f"max_resolution must be at least 8 pixels, got {max_resolution}")
+    dataset = open_image_folder(src)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    fields = {
+        "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=jpeg_quality),
+        "label": IntField(),
+    }
+    try:
+        writer = DatasetWriter(str(partial), fields, num_workers=num_workers or os.cpu_count() or 1)
+        writer.from_indexed_dataset(dataset)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out

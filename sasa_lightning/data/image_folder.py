@@ -1,0 +1,118 @@
+"""Image folders: opening them with clear errors, and `ImageFolderData` for people without FFCV."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import DataError, require_path
+from .image_module import ImageDataModule
+
+
+def open_image_folder(root, transform=None):
+    """torchvision's ImageFolder, with one clear line when the folder is missing or has no images."""
+    from torchvision.datasets import ImageFolder
+
+    require_path(root, "image folder")
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise DataError(f"image folder {str(root)!r} holds no images in class sub-folders ({error})") from None
+
+
+class EpochSeededSampler(Sampler[tuple[int, int]]):
+    """Yields (index, sample_seed): an order and per-sample seeds that depend only on (seed, epoch).
+
+    With SeededTransformDataset, each sample's random augmentation is a function of the run's
+    seed, the epoch and the sample's position, whatever the number of workers, so a resumed run
+    sees the batches an uninterrupted run would have seen. Lightning calls set_epoch before
+    every epoch.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        sample_seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        return iter(zip(order.tolist(), sample_seeds.tolist()))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SeededTransformDataset(Dataset):
+    """Applies `transform` to `dataset[index]`; given (index, seed) it draws the randomness from seed."""
+
+    def __init__(self, dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.dataset[index]
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+class ImageFolderData(ImageDataModule):
+    """ImageFolder trees (`train_dir`, `val_dir`) with the same augmentations as FFCVImageNet.
+
+    num_classes defaults to the number of class folders in train_dir.
+    """
+
+    def __init__(self, train_dir: str, val_dir: str, num_classes: int | None = None, **options) -> None:
+        if num_classes is None:
+            num_classes = len(open_image_folder(train_dir).classes)
+        super().__init__(num_classes=num_classes, **options)
+        self.train_dir, self.val_dir = train_dir, val_dir
+
+    def _transforms(self, train: bool):
+        from torchvision import transforms as T
+
+        normalise = [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        if train:
+            augment = [T.RandomResizedCrop(self.resolution, scale=self.scale, ratio=self.ratio)]
+            if self.flip:
+                augment.append(T.RandomHorizontalFlip())
+            return T.Compose(augment + normalise)
+        resize = round(self.val_resolution / self.val_crop_ratio)
+        return T.Compose([T.Resize(resize), T.CenterCrop(self.val_resolution)] + normalise)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = SeededTransformDataset(open_image_folder(self.train_dir), self._transforms(train=True))
+        self.val_set = SeededTransformDataset(open_image_folder(self.val_dir), self._transforms(train=False))
+        self.check_one_batch(len(self.train_set), repr(self.train_dir))
+        for name, dataset in (("train_dir", self.train_set), ("val_dir", self.val_set)):
+            if len(dataset.dataset.classes) > self.num_classes:
+                raise DataError(f"{name} has {len(dataset.dataset.classes)} classes but num_classes is {self.num_classes}")
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        return self._loader(self.train_set, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def _loader(self, dataset, **options) -> DataLoader:
+        workers = self.num_workers if self.num_workers is not None else min(4, os.cpu_count() or 1)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=workers, persistent_workers=workers > 0, **options
+        )

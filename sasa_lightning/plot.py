@@ -1,0 +1,52 @@
+"""`sasa plot`: loss and accuracy curves from a run's CSV log, as a PNG."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from .data.errors import DataError
+
+
+def read_metrics(log_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
+    """{metric: [(step, value), ...]} from <log_dir>/metrics.csv (Lightning's CSVLogger)."""
+    path = Path(log_dir) / "metrics.csv"
+    if not path.is_file():
+        raise DataError(f"no metrics.csv in {str(log_dir)!r}; give a run's log folder, e.g. runs/digits/logs/version_0")
+    series: dict[str, list[tuple[float, float]]] = {}
+    with path.open() as file:
+        for row in csv.DictReader(file):
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series.setdefault(key, []).append((float(row["step"]), float(value)))
+    return series
+
+
+def plot_run(log_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_metrics(log_dir)
+    out = Path(out) if out else Path(log_dir) / "curves.png"
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for axis, names, title in (
+        (loss_axis, ("train/loss_step", "train/loss_epoch", "val/loss"), "loss"),
+        (accuracy_axis, ("train/acc1_epoch", "val/acc1", "val/acc5"), "accuracy"),
+    ):
+        for name in names:
+            if name in series:
+                steps, values = zip(*series[name])
+                axis.plot(steps, values, label=name, marker="." if len(steps) < 50 else None)
+        axis.set_xlabel("step")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    partial = out.with_name(f".{out.name}.partial.png")
+    figure.savefig(partial, dpi=100)
+    plt.close(figure)
+    os.replace(partial, out)
+    return out

@@ -1,0 +1,7 @@
+"""LightningModules: the training tasks."""
+
+from .classification import ImageClassifier
+from .ema import EMA
+from .weights import CheckpointError
+
+__all__ = ["CheckpointError", "EMA", "ImageClassifier"]

@@ -1,0 +1,93 @@
+"""Loading weights from checkpoints safely (weights_only) and with clear errors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with what would be right."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True (never unpickles arbitrary objects)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt, truncated, or holds objects other than tensors and plain values "
+            f"(loaded with weights_only=True): {reason}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not a state dict")
+    return checkpoint
+
+
+def inference_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The model's weights from a Lightning checkpoint (its EMA weights when it has them) or a plain state dict."""
+    state = checkpoint.get("state_dict", checkpoint)
+    for prefix in ("ema.module.", "model."):
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            return weights
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+@dataclass
+class LoadReport:
+    loaded: int
+    reinitialised: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {self.loaded} tensors"]
+        for name, keys in (("re-initialised", self.reinitialised), ("missing", self.missing), ("unexpected", self.unexpected)):
+            if keys:
+                parts.append(f"{name}: {', '.join(keys)}")
+        return "; ".join(parts)
+
+
+def load_for_finetuning(model: nn.Module, path: str | os.PathLike, head_prefixes: tuple[str, ...] = ("fc.",)) -> LoadReport:
+    """Load every tensor of `model` from a checkpoint of the same architecture.
+
+    The head (keys starting with head_prefixes) is kept freshly initialised when its shape
+    differs (another number of classes). Anything else that differs - a missing or unexpected
+    tensor, or another shape - means another architecture, and is refused.
+    """
+    checkpoint = read_checkpoint(path)
+    weights = inference_weights(checkpoint)
+    ours = model.state_dict()
+    is_head = lambda key: key.startswith(head_prefixes)
+    missing = sorted(k for k in ours if k not in weights and not is_head(k))
+    unexpected = sorted(k for k in weights if k not in ours and not is_head(k))
+    mismatched = sorted(k for k in ours if k in weights and not is_head(k) and weights[k].shape != ours[k].shape)
+    if missing or unexpected or mismatched:
+        trained = checkpoint.get("hyper_parameters", {}).get("model")
+        origin = f" (it holds a {trained})" if trained else ""
+        examples = [f"{k}: {tuple(weights[k].shape)} vs ours {tuple(ours[k].shape)}" for k in mismatched[:2]]
+        examples += [f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is of a different architecture{origin}: {len(mismatched)} tensors differ in "
+            f"shape, {len(missing)} missing, {len(unexpected)} unexpected (e.g. {'; '.join(examples)})"
+        )
+    report = LoadReport(loaded=0)
+    for key, value in ours.items():
+        if key in weights and weights[key].shape == value.shape:
+            value.copy_(weights[key])
+            report.loaded += 1
+        elif key in weights:
+            report.reinitialised.append(key)
+        else:
+            report.missing.append(key)
+    report.unexpected = sorted(k for k in weights if k not in ours)
+    return report

@@ -1,0 +1,102 @@
+"""LightningCLI for `sasa fit|validate|test|predict`, with the project's defaults.
+
+Every run writes under trainer.default_root_dir: checkpoints/ (last.ckpt and the best by
+val/acc1, at a fixed path so `--ckpt_path last` finds them on resume) and logs/version_N/
+(CSV always, TensorBoard when installed, the resolved config).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from .callbacks import LineProgress
+
+
+def default_callbacks() -> list[L.Callback]:
+    """Always present (LightningCLI's persistent callbacks); configs may add more.
+
+    Two checkpoint callbacks: the best by val/acc1, and last.ckpt rewritten after every epoch
+    (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau it would
+    leave last.ckpt behind).
+    """
+    best = ModelCheckpoint(
+        monitor="val/acc1", mode="max", filename="best-epoch{epoch:03d}-acc{val/acc1:.4f}", auto_insert_metric_name=False
+    )
+    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
+    return [best, last, LearningRateMonitor(), LineProgress()]
+
+
+def default_loggers(root: str) -> list:
+    csv = CSVLogger(root, name="logs")
+    loggers = [csv]
+    try:
+        import tensorboard  # noqa: F401  (optional)
+
+        loggers.append(TensorBoardLogger(root, name="logs", version=csv.version, default_hp_metric=False))
+    except ImportError:
+        pass
+    return loggers
+
+
+class SasaCLI(LightningCLI):
+    def __init__(self, args: list[str]) -> None:
+        # `sasa` always passes its arguments explicitly (main(argv) is also called in-process).
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+        interactive = sys.stderr.isatty()
+        super().__init__(
+            model_class=L.LightningModule,
+            datamodule_class=L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            trainer_defaults={
+                "default_root_dir": "runs/default",
+                "enable_progress_bar": interactive,
+                "callbacks": default_callbacks(),
+            },
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs):
+        config = self._get(self.config_init, "trainer", default={})
+        self.run_root = config.get("default_root_dir") or os.getcwd()
+        if config.get("logger") in (None, True):
+            kwargs["logger"] = default_loggers(self.run_root)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.checkpoint_callbacks:
+            if callback.dirpath is None:
+                callback.dirpath = os.path.join(self.run_root, "checkpoints")
+        return trainer
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    @rank_zero_only
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        seconds = time.perf_counter() - self._fit_started
+        metrics = trainer.callback_metrics
+        checkpoint = trainer.checkpoint_callback
+        configs = " ".join(f"--config {c}" for c in (self.config.get("fit", {}).get("config") or []))
+        lines = [f"training time {seconds:.0f} s ({trainer.current_epoch} epochs, {trainer.global_step} steps)"]
+        if "val/acc1" in metrics:
+            best = f" (best {float(checkpoint.best_model_score):.4f})" if checkpoint and checkpoint.best_model_score is not None else ""
+            lines.append(f"validation accuracy {float(metrics['val/acc1']):.4f}{best}")
+        if checkpoint is not None:
+            lines.append(f"checkpoints in {checkpoint.dirpath} (last.ckpt, best: {os.path.basename(checkpoint.best_model_path)})")
+        if trainer.logger is not None:
+            lines.append(f"logs in {trainer.logger.log_dir} (curves: sasa plot {trainer.logger.log_dir})")
+        lines.append(f"resume with: sasa fit {configs} --ckpt_path last".replace("  ", " "))
+        print("\n".join(lines), flush=True)

@@ -1,0 +1,150 @@
+"""The `sasa` trainer end to end on the built-in digits: configs, resume, fine-tuning, bad input."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from sasa_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+# A few cheap steps of a SASA model (attention in the last stage) on the digits, bit-reproducible:
+# FFCV's crop and flip draws are not seedable, so the crop covers the whole image.
+QUICK = [
+    "--config", str(ROOT / "configs/demo/digits.yaml"),
+    "--model.init_args.model_options", '{"kernel_size": 3, "attention_stages": [4]}',
+    "--data.init_args.batch_size", "16",
+    "--data.init_args.scale", "[1.0, 1.0]",
+    "--data.init_args.ratio", "[1.0, 1.0]",
+    "--trainer.limit_train_batches", "3",
+    "--trainer.limit_val_batches", "2",
+    "--trainer.deterministic", "true",
+    "--trainer.enable_model_summary", "false",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def digits_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SASA_CACHE", str(cache))
+    yield cache
+    patch.undo()
+
+
+def fit(root, *extra):
+    assert main(["fit", *QUICK, "--trainer.default_root_dir", str(root), *extra]) == 0
+
+
+def last_state(root):
+    return torch.load(Path(root) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def val_rows(root):
+    rows = []
+    for version in sorted((Path(root) / "logs").glob("version_*")):
+        with (version / "metrics.csv").open() as file:
+            rows += [(r["epoch"], r["val/acc1"], r["val/loss"]) for r in csv.DictReader(file) if r.get("val/acc1")]
+    return rows
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: sasa_lightning.tasks.ImageClassifier" in printed
+
+
+def test_generated_configs_are_up_to_date():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "configs/generate.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_and_metrics(tmp_path, capsys):
+    fit(tmp_path / "straight", "--trainer.max_epochs", "4")
+    fit(tmp_path / "resumed", "--trainer.max_epochs", "4", "--trainer.max_steps", "6")  # stops after 2 epochs
+    assert len(val_rows(tmp_path / "resumed")) == 2
+    fit(tmp_path / "resumed", "--trainer.max_epochs", "4", "--ckpt_path", "last")
+    straight, resumed = last_state(tmp_path / "straight"), last_state(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert val_rows(tmp_path / "straight") == val_rows(tmp_path / "resumed")
+    assert "resume with: sasa fit --config" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_finetune_from_a_checkpoint_with_another_head(tmp_path, capsys):
+    fit(tmp_path / "pretrained", "--trainer.max_epochs", "1")
+    pretrained = last_state(tmp_path / "pretrained")
+    images = tmp_path / "three_classes"
+    for label in range(3):
+        (images / f"c{label}").mkdir(parents=True)
+        for index in range(4):
+            torch.manual_seed(label * 10 + index)
+            from PIL import Image
+
+            Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy()).save(images / f"c{label}" / f"{index}.png")
+    args = [
+        "fit", "--config", str(ROOT / "configs/demo/finetune.yaml"),
+        "--model.init_args.init_from", str(tmp_path / "pretrained/checkpoints/last.ckpt"),
+        "--data.init_args.train_dir", str(images), "--data.init_args.val_dir", str(images),
+        "--trainer.default_root_dir", str(tmp_path / "finetuned"), "--trainer.max_epochs", "1",
+        "--data.init_args.batch_size", "4",
+        "--model.init_args.model_options", '{"kernel_size": 3, "attention_stages": [4]}',
+    ]
+    assert main(args) == 0
+    assert main([*args, "--data.init_args.batch_size", "16"]) == 2
+    assert "has 12 training images, fewer than one batch of 16" in capsys.readouterr().err
+    tuned = last_state(tmp_path / "finetuned")
+    assert tuned["model.fc.weight"].shape == (3, 2048)
+    assert pretrained["model.fc.weight"].shape == (10, 2048)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--data", "sasa_lightning.data.FFCVImageNet", "--data.init_args.num_classes", "10",
+             "--data.init_args.train_path", "/nonexistent/train.beton", "--data.init_args.val_path", "/nonexistent/val.beton"],
+            "FFCV file '/nonexistent/train.beton' does not exist",
+        ),
+        (["--model.init_args.model", "resnet51"], "unknown model 'resnet51'"),
+        (["--model.init_args.model_options", '{"positional": "learned"}'], "positional must be one of"),
+        (["--model.init_args.init_from", "/nonexistent/x.ckpt"], "checkpoint '/nonexistent/x.ckpt' does not exist"),
+        (["--model.init_args.init_from", "{tmp}/junk.ckpt"], "junk.ckpt' is corrupt, truncated, or holds objects"),
+        (
+            ["--data", "sasa_lightning.data.ImageFolderData", "--data.init_args.train_dir", "{tmp}/empty",
+             "--data.init_args.val_dir", "{tmp}/empty", "--data.init_args.num_classes", "10"],
+            "empty' holds no images in class sub-folders",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(extra, message, tmp_path, digits_cache):
+    """The real `sasa` command: exit status 2, one line saying what is wrong, no traceback."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04 not really a zip file")
+    (tmp_path / "empty" / "some_class").mkdir(parents=True)
+    extra = [arg.replace("{tmp}", str(tmp_path)) for arg in extra]
+    command = [sys.executable, "-m", "sasa_lightning.cli", "fit", *QUICK, "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.max_epochs", "1", *extra]
+    env = dict(os.environ, SASA_CACHE=str(digits_cache))
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("sasa: error: "), result.stderr[-2000:]
+    assert re.search(message, errors[0]), errors[0]
+    assert "Traceback" not in result.stderr
