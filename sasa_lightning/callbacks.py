@@ -51,3 +51,30 @@ class LineProgress(L.Callback):
             file=self.stream,
             flush=True,
         )
+
+
+class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
+    """`sasa predict` writes <default_root_dir>/predictions.pt: each output key, concatenated over batches.
+
+    For the classifier: 'classes' and 'probabilities', the top-5 per image, in data order.
+    Written under a temporary name and renamed, so it is either complete or absent.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="epoch")
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        import os
+
+        import torch
+
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        if not batches or not isinstance(batches[0], dict):
+            return
+        merged = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+        suffix = "" if trainer.world_size == 1 else f"_rank{trainer.global_rank}"
+        out = os.path.join(trainer.default_root_dir, f"predictions{suffix}.pt")
+        os.makedirs(trainer.default_root_dir, exist_ok=True)
+        torch.save(merged, out + ".partial")
+        os.replace(out + ".partial", out)
+        print(f"wrote {out} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in merged.items())})", flush=True)

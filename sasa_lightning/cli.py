@@ -87,7 +87,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default=None, help="default: <log_dir>/curves.png")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
-    bench.add_argument("name", choices=("layer",))
+    bench.add_argument("name", choices=("layer", "data"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 

@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from .callbacks import LineProgress
+from .callbacks import LineProgress, PredictionWriter
 
 
 def default_callbacks() -> list[L.Callback]:
@@ -32,7 +32,7 @@ def default_callbacks() -> list[L.Callback]:
         monitor="val/acc1", mode="max", filename="best-epoch{epoch:03d}-acc{val/acc1:.4f}", auto_insert_metric_name=False
     )
     last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
-    return [best, last, LearningRateMonitor(), LineProgress()]
+    return [best, last, LearningRateMonitor(), LineProgress(), PredictionWriter()]
 
 
 def default_loggers(root: str) -> list:

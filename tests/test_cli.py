@@ -64,3 +64,38 @@ def test_layer_benchmark_runs_and_records(tmp_path):
     variants = {r["variant"] for r in report["results"]}
     assert {"conv3x3", "sasa_chunked", "sasa_reference", "public_unfold"} <= variants
     assert all(r["time_s"] > 0 and r["peak_mib"] >= 0 for r in report["results"])
+
+
+def test_plot_writes_a_png_of_the_curves(tmp_path, capsys):
+    log = tmp_path / "version_0"
+    log.mkdir()
+    rows = ["epoch,step,train/loss_step,train/loss_epoch,val/loss,val/acc1,val/acc5,train/acc1_epoch"]
+    rows += [f"0,{s},{2.3 - s / 50},,,,," for s in range(0, 20, 5)]
+    rows += ["0,19,,1.9,1.7,0.5,0.9,0.4", "1,39,,1.2,1.1,0.8,1.0,0.7"]
+    (log / "metrics.csv").write_text("\n".join(rows) + "\n")
+    assert main(["plot", str(log)]) == 0
+    png = (log / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert f"wrote {log / 'curves.png'}" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "no metrics.csv in" in capsys.readouterr().err
+
+
+def test_write_ffcv_command(tmp_path, capsys):
+    from PIL import Image
+
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(3):
+            Image.new("RGB", (40, 30), (index * 80, 100, 50)).save(tmp_path / "images" / label / f"{index}.jpg")
+    out = tmp_path / "out" / "train.beton"
+    args = ["data", "write-ffcv", "--src", str(tmp_path / "images"), "--out", str(out), "--max-resolution", "32", "--num-workers", "1"]
+    assert main(args) == 0
+    from sasa_lightning.data.ffcv_imagenet import check_beton
+
+    assert check_beton(out) == 6
+    assert main(["data", "write-ffcv", "--src", str(tmp_path / "missing"), "--out", str(tmp_path / "x.beton")]) == 2
+    assert main([*args[:-4], "--jpeg-quality", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "image folder" in err and "does not exist" in err and "jpeg_quality must be between 1 and 100" in err
+    assert not (tmp_path / "x.beton").exists()

@@ -110,6 +110,16 @@ def test_finetune_from_a_checkpoint_with_another_head(tmp_path, capsys):
     assert pretrained["model.fc.weight"].shape == (10, 2048)
 
 
+@pytest.mark.slow
+def test_predict_writes_the_top5_of_every_validation_image(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1")
+    checkpoint = str(tmp_path / "checkpoints" / "last.ckpt")
+    assert main(["predict", *QUICK, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", checkpoint]) == 0
+    predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
+    assert predictions["classes"].shape == predictions["probabilities"].shape == (359, 5)
+    assert torch.all(predictions["probabilities"][:, :-1] >= predictions["probabilities"][:, 1:])
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
