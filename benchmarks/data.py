@@ -11,16 +11,14 @@ epochs after it is reported, for both; the ImageFolder DataLoader uses as many w
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -65,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (FFCV's first epoch compiles its pipeline)")
 
-    import torch
-
     from sasa_lightning.data import FFCVImageNet, ImageFolderData, write_ffcv
 
     workers = os.cpu_count() or 1
@@ -93,25 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'FFCV':>14} {ffcv_rates[0]:18.0f} {ffcv_steady:19.0f}")
     print(f"{'ImageFolder':>14} {folder_rates[0]:18.0f} {folder_steady:19.0f}")
     print(f"FFCV / ImageFolder after the first epoch: {ffcv_steady / folder_steady:.1f}x")
-    report = {
-        "benchmark": "data",
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "images": args.images,
-        "batch_size": args.batch_size,
-        "workers": workers,
-        "pipeline": "RandomResizedCrop 224 + flip + normalise, 400x300 JPEGs (stored at max side 256 in the .beton)",
-        "ffcv_images_per_s": ffcv_rates,
-        "image_folder_images_per_s": folder_rates,
-        "ratio_after_first_epoch": ffcv_steady / folder_steady,
-    }
-    out = args.out or RESULTS / "data-cpu.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_report(
+        args.out or RESULTS / "data-cpu.json",
+        "data",
+        images=args.images,
+        batch_size=args.batch_size,
+        workers=workers,
+        pipeline="RandomResizedCrop 224 + flip + normalise, 400x300 JPEGs (stored at max side 256 in the .beton)",
+        ffcv_images_per_s=ffcv_rates,
+        image_folder_images_per_s=folder_rates,
+        ratio_after_first_epoch=ffcv_steady / folder_steady,
+    )
     return 0
 
 

@@ -14,16 +14,16 @@ second process with the default allocator.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import write_report
 
 SHAPES = [(16, 64, 56, 56), (16, 256, 14, 14)]
 QUICK_SHAPES = [(2, 32, 16, 16)]
@@ -151,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(out).write_text(json.dumps(result))
         return 0
 
-    import torch
-
     rows = []
     print(f"{'shape':>18} {'variant':>22} {'time s':>8} {'x conv':>7} {'peak MiB':>9} {'x conv':>7} {'activations':>11}")
     for shape in QUICK_SHAPES if args.quick else SHAPES:
@@ -169,22 +167,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{result['peak_mib']:9.1f} {result.get('peak_vs_conv', float('nan')):7.2f} {result['peak_activations']:11.2f}",
                 flush=True,
             )
-    report = {
-        "benchmark": "layer",
-        "kernel_size": KERNEL_SIZE,
-        "heads": HEADS,
-        "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "note": "peak_mib: peak resident memory of one forward+backward above the inputs; activations: in units of one input tensor",
-        "results": rows,
-    }
-    out = args.out or RESULTS / ("layer-cpu-quick.json" if args.quick else "layer-cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_report(
+        args.out or RESULTS / ("layer-cpu-quick.json" if args.quick else "layer-cpu.json"),
+        "layer",
+        kernel_size=KERNEL_SIZE,
+        heads=HEADS,
+        note="peak_mib: peak resident memory of one forward+backward above the inputs; activations: in units of one input tensor",
+        results=rows,
+    )
     return 0
 
 

@@ -1,7 +1,5 @@
 """The operator: backends against the reference, the reference against eq. 3, and properties."""
 
-import itertools
-
 import pytest
 import torch
 

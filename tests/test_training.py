@@ -111,6 +111,14 @@ def test_finetune_from_a_checkpoint_with_another_head(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--trainer.limit_train_batches", "2")
+    state = last_state(tmp_path)
+    assert state["model.fc.weight"].dtype == torch.float32  # mixed precision keeps fp32 master weights
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.slow
 def test_predict_writes_the_top5_of_every_validation_image(tmp_path):
     fit(tmp_path, "--trainer.max_epochs", "1")
     checkpoint = str(tmp_path / "checkpoints" / "last.ckpt")
