@@ -24,7 +24,7 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[ffcv,test]'
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[ffcv,deepspeed,test]'
 	touch $@
 
 demo: install

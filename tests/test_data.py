@@ -131,4 +131,4 @@ def test_image_folder_order_and_augmentation_depend_only_on_seed_and_epoch(beton
     first, again = batches(2), batches(2)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, batches(3)))
-    assert isinstance(EpochSeededSampler(5, 0), torch.utils.data.Sampler)
+    assert isinstance(EpochSeededSampler(list(range(5)), 0), torch.utils.data.DistributedSampler)

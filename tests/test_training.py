@@ -53,11 +53,15 @@ def val_rows(root):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_config_parses(config, capsys):
+    """Experiment configs alone; strategy configs composed with one, as they are meant to be used."""
+    composed = ["--config", str(ROOT / "configs/demo/digits.yaml")] if config.parent.name == "strategy" else []
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *composed, "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = capsys.readouterr().out
     assert "class_path: sasa_lightning.tasks.ImageClassifier" in printed
+    if config.parent.name == "strategy":
+        assert "strategy: ddp" in printed or "class_path: sasa_lightning.distributed.DeepSpeedStrategy" in printed
 
 
 def test_generated_configs_are_up_to_date():

@@ -43,7 +43,10 @@ class EpochLoader:
     def __init__(self, loader, decoder=None, resolution_at=None) -> None:
         self.loader, self.decoder, self.resolution_at = loader, decoder, resolution_at
         self.epoch = 0
-        self.sampler, self.batch_sampler = self, None  # the attributes Lightning looks for on a DataLoader
+        # The DataLoader attributes Lightning reads: loader.sampler.set_epoch and
+        # loader.batch_sampler.{batch_size, sampler} (DeepSpeed takes its micro-batch size there).
+        self.sampler = self.batch_sampler = self
+        self.batch_size = loader.batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -147,13 +150,16 @@ class FFCVImageNet(ImageDataModule):
         from ffcv.loader import Loader, OrderOption
 
         decoder = CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)
+        # Every sample exactly once across processes: FFCV's distributed mode pads with repeats,
+        # so each rank reads every world_size-th sample instead.
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         loader = Loader(
             self.val_path,
             batch_size=self.batch_size,
             num_workers=self._workers(),
             order=OrderOption.SEQUENTIAL,
             drop_last=False,
-            distributed=self._distributed(),
+            indices=np.arange(rank, check_beton(self.val_path), world_size),
             pipelines={"image": [decoder] + self._image_tail(), "label": self._label_pipeline()},
         )
         return EpochLoader(loader)

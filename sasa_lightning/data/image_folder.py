@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import DataError, require_path
 from .image_module import ImageDataModule
@@ -22,29 +23,24 @@ def open_image_folder(root, transform=None):
         raise DataError(f"image folder {str(root)!r} holds no images in class sub-folders ({error})") from None
 
 
-class EpochSeededSampler(Sampler[tuple[int, int]]):
-    """Yields (index, sample_seed): an order and per-sample seeds that depend only on (seed, epoch).
+class EpochSeededSampler(DistributedSampler):
+    """This rank's shard of an order that depends only on (seed, epoch), with a seed per sample.
 
-    With SeededTransformDataset, each sample's random augmentation is a function of the run's
-    seed, the epoch and the sample's position, whatever the number of workers, so a resumed run
-    sees the batches an uninterrupted run would have seen. Lightning calls set_epoch before
-    every epoch.
+    Yields (index, sample_seed). The order and shards are DistributedSampler's (shuffled by
+    seed + epoch, incomplete batches dropped); each sample's seed is drawn from (seed, epoch) and
+    keyed by its index. With SeededTransformDataset, a sample's random augmentation is then the
+    same whatever the number of workers or processes, so a resumed run sees the batches an
+    uninterrupted run would have seen. Being a DistributedSampler, Lightning neither replaces it
+    under DDP nor forgets to call set_epoch on it.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        sample_seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        return iter(zip(order.tolist(), sample_seeds.tolist()))
-
-    def __len__(self) -> int:
-        return self.size
+        sample_seeds = torch.randint(0, 2**62, (len(self.dataset),), generator=generator).tolist()
+        return ((index, sample_seeds[index]) for index in super().__iter__())
 
 
 class SeededTransformDataset(Dataset):
@@ -98,12 +94,20 @@ class ImageFolderData(ImageDataModule):
             if len(dataset.dataset.classes) > self.num_classes:
                 raise DataError(f"{name} has {len(dataset.dataset.classes)} classes but num_classes is {self.num_classes}")
 
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        world_size, rank = self._replicas()
+        sampler = EpochSeededSampler(self.train_set, self.seed, num_replicas=world_size, rank=rank)
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        # Every sample exactly once across processes (DistributedSampler would pad with repeats).
+        world_size, rank = self._replicas()
+        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False)
+        return self._loader(self.val_set, sampler=sampler)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
