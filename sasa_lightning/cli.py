@@ -2,7 +2,8 @@
 
 Trainer subcommands (fit, validate, test, predict) are LightningCLI: `sasa fit --config X.yaml`.
 Tools: `sasa summary` (the paper's tables), `sasa data ...` (writers, demo data), `sasa plot`
-(curves of a run) and `sasa bench ...` (benchmarks of the source checkout).
+(curves of a run), `sasa export` (DeepSpeed checkpoint to one file) and `sasa bench ...`
+(benchmarks of the source checkout).
 """
 
 from __future__ import annotations
@@ -86,6 +87,10 @@ def _tools_parser() -> argparse.ArgumentParser:
     plot.add_argument("log_dir", help="a run's log folder holding metrics.csv, e.g. runs/digits/logs/version_0")
     plot.add_argument("--out", default=None, help="default: <log_dir>/curves.png")
 
+    export = commands.add_parser("export", help="a DeepSpeed checkpoint directory to one fp32 Lightning checkpoint")
+    export.add_argument("checkpoint_dir", help="the directory a DeepSpeed run wrote, e.g. runs/x/checkpoints/last.ckpt")
+    export.add_argument("out", help="the .ckpt file to write")
+
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
     bench.add_argument("name", choices=("layer", "data"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
@@ -112,6 +117,10 @@ def _run_tool(argv: list[str]) -> int:
         from .plot import plot_run
 
         print(f"wrote {plot_run(args.log_dir, args.out)}")
+    elif args.command == "export":
+        from .distributed.export import export_deepspeed_checkpoint
+
+        print(f"wrote {export_deepspeed_checkpoint(args.checkpoint_dir, args.out)}")
     elif args.command == "bench":
         return run_benchmark(args.name, args.args)
     return 0

@@ -99,3 +99,10 @@ def test_write_ffcv_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "image folder" in err and "does not exist" in err and "jpeg_quality must be between 1 and 100" in err
     assert not (tmp_path / "x.beton").exists()
+
+
+def test_export_refuses_a_directory_that_is_not_a_deepspeed_checkpoint(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    assert main(["export", str(tmp_path / "plain"), str(tmp_path / "out.ckpt")]) == 2
+    assert "is not a DeepSpeed checkpoint directory" in capsys.readouterr().err
+    assert not (tmp_path / "out.ckpt").exists()

@@ -1,0 +1,44 @@
+"""`sasa export`: a DeepSpeed checkpoint directory to one fp32 Lightning checkpoint file.
+
+The result holds the consolidated weights (EMA included) and the run's hyper-parameters, loads
+with torch.load(weights_only=True), and is accepted by `sasa validate|test|predict` and by
+fine-tuning (`init_from`) on machines without DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..tasks.weights import CheckpointError
+
+# What evaluating or fine-tuning needs; the optimizer and loop states stay with DeepSpeed's directory.
+KEPT = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "hparams_name")
+
+
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / "latest").is_file() and any(path.glob("*/mp_rank_*_model_states.pt"))
+
+
+def export_deepspeed_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    checkpoint_dir, out = Path(checkpoint_dir), Path(out)
+    if not is_deepspeed_checkpoint(checkpoint_dir):
+        raise CheckpointError(
+            f"{str(checkpoint_dir)!r} is not a DeepSpeed checkpoint directory (expected a 'latest' file and "
+            f"<tag>/mp_rank_*_model_states.pt, as DeepSpeed runs write for e.g. checkpoints/last.ckpt)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        consolidated = convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, Path(scratch) / "full.ckpt")
+        checkpoint = {key: consolidated[key] for key in KEPT if key in consolidated}
+        checkpoint["hyper_parameters"] = dict(checkpoint.get("hyper_parameters", {}))
+        checkpoint["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in consolidated["state_dict"].items()}
+        partial = Path(scratch) / "export.ckpt"
+        torch.save(checkpoint, partial)
+        os.replace(partial, out)
+    return out
