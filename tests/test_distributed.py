@@ -64,10 +64,13 @@ def test_ddp_two_processes_validate_every_sample_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_trains_on_cpu_and_its_export_evaluates_the_same(tmp_path):
+def test_deepspeed_zero2_trains_resumes_and_its_export_evaluates_the_same(tmp_path):
     run = tmp_path / "zero2"
-    result = sasa("fit", *QUICK, "--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/deepspeed_zero2.yaml"),
-                  "--trainer.default_root_dir", str(run), cache=tmp_path / "cache")
+    zero2 = ["--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/deepspeed_zero2.yaml"),
+             "--trainer.default_root_dir", str(run)]
+    sasa("fit", *QUICK, *zero2, cache=tmp_path / "cache")
+    result = sasa("fit", *QUICK, *zero2, "--trainer.max_epochs", "2", "--ckpt_path", "last", cache=tmp_path / "cache")
+    assert "Restored all states from the checkpoint" in result.stdout + result.stderr
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert checkpoint.is_dir(), result.stdout[-2000:]  # DeepSpeed writes a directory of shards
     assert list(checkpoint.rglob("*optim_states.pt"))
@@ -75,7 +78,9 @@ def test_deepspeed_zero2_trains_on_cpu_and_its_export_evaluates_the_same(tmp_pat
 
     exported = tmp_path / "exported.ckpt"
     sasa("export", str(checkpoint), str(exported), cache=tmp_path / "cache")
-    assert set(torch.load(exported, weights_only=True)) >= {"state_dict", "hyper_parameters"}
+    exported_state = torch.load(exported, weights_only=True)
+    assert set(exported_state) >= {"state_dict", "hyper_parameters"}
+    assert exported_state["global_step"] == 6  # resumed: 3 steps in each of 2 epochs
     sasa("validate", *QUICK, "--ckpt_path", str(exported), "--trainer.default_root_dir", str(tmp_path / "single"),
          cache=tmp_path / "cache")
     assert logged(tmp_path / "single", "val/acc1")[-1] == pytest.approx(live, abs=1e-6)
