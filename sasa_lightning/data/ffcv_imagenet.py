@@ -102,7 +102,7 @@ class FFCVImageNet(ImageDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage == "fit":
             self.check_one_batch(check_beton(self.train_path), repr(self.train_path))
-        check_beton(self.val_path)
+        self.val_samples = check_beton(self.val_path)
 
     def _workers(self) -> int:
         return self.num_workers if self.num_workers is not None else os.cpu_count() or 1
@@ -159,7 +159,7 @@ class FFCVImageNet(ImageDataModule):
             num_workers=self._workers(),
             order=OrderOption.SEQUENTIAL,
             drop_last=False,
-            indices=np.arange(rank, check_beton(self.val_path), world_size),
+            indices=np.arange(rank, self.val_samples, world_size),
             pipelines={"image": [decoder] + self._image_tail(), "label": self._label_pipeline()},
         )
         return EpochLoader(loader)
