@@ -17,7 +17,7 @@ system-packages:
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages FFCV needs: $$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 $(PYTHON):
