@@ -71,6 +71,8 @@ class DigitsData(FFCVImageNet):
         scale: tuple[float, float] = (0.6, 1.0),
         ratio: tuple[float, float] = (0.85, 1.18),
         flip: bool = False,
+        mean: tuple[float, float, float] = DIGITS_MEAN,
+        std: tuple[float, float, float] = DIGITS_STD,
         **options,
     ) -> None:
         self.cache_dir, self.image_size = cache_dir, image_size
@@ -86,8 +88,8 @@ class DigitsData(FFCVImageNet):
             scale=scale,
             ratio=ratio,
             flip=flip,
-            mean=options.pop("mean", DIGITS_MEAN),
-            std=options.pop("std", DIGITS_STD),
+            mean=mean,
+            std=std,
             **options,
         )
 

@@ -107,9 +107,6 @@ class FFCVImageNet(ImageDataModule):
     def _workers(self) -> int:
         return self.num_workers if self.num_workers is not None else os.cpu_count() or 1
 
-    def _distributed(self) -> bool:
-        return self.trainer is not None and self.trainer.world_size > 1
-
     def _image_tail(self):
         from ffcv.transforms import NormalizeImage, ToTensor, ToTorchImage
 
@@ -140,7 +137,7 @@ class FFCVImageNet(ImageDataModule):
             order=OrderOption.RANDOM,
             drop_last=True,
             seed=self.seed,
-            distributed=self._distributed(),
+            distributed=self.replicas()[0] > 1,
             pipelines={"image": image, "label": self._label_pipeline()},
         )
         return EpochLoader(loader, decoder, self.resolution_at)
@@ -152,7 +149,7 @@ class FFCVImageNet(ImageDataModule):
         decoder = CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)
         # Every sample exactly once across processes: FFCV's distributed mode pads with repeats,
         # so each rank reads every world_size-th sample instead.
-        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        world_size, rank = self.replicas()
         loader = Loader(
             self.val_path,
             batch_size=self.batch_size,

@@ -94,18 +94,14 @@ class ImageFolderData(ImageDataModule):
             if len(dataset.dataset.classes) > self.num_classes:
                 raise DataError(f"{name} has {len(dataset.dataset.classes)} classes but num_classes is {self.num_classes}")
 
-    def _replicas(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
     def train_dataloader(self) -> DataLoader:
-        world_size, rank = self._replicas()
+        world_size, rank = self.replicas()
         sampler = EpochSeededSampler(self.train_set, self.seed, num_replicas=world_size, rank=rank)
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         # Every sample exactly once across processes (DistributedSampler would pad with repeats).
-        world_size, rank = self._replicas()
+        world_size, rank = self.replicas()
         sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False)
         return self._loader(self.val_set, sampler=sampler)
 

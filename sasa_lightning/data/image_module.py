@@ -42,6 +42,11 @@ class ImageDataModule(L.LightningDataModule):
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
 
+    def replicas(self) -> tuple[int, int]:
+        """(world size, global rank) of this process; (1, 0) outside a trainer."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
     def check_one_batch(self, images: int, where: str) -> None:
         """Training drops incomplete batches, so fewer images than one batch would train nothing."""
         if images < self.batch_size:
