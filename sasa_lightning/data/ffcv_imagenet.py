@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 
+from .epoch_loader import EpochLoader
 from .errors import DataError, require_path
 from .image_module import ImageDataModule
 
@@ -29,41 +31,26 @@ def check_beton(path) -> int:
     return int(reader.num_samples)
 
 
-class EpochLoader:
-    """An FFCV Loader whose epoch (order seed, resolution) is the one Lightning says it is.
+def ffcv_epoch(loader, epoch: int, start: int, decoder=None, resolution_at=None):
+    """Iterate FFCV `loader`'s batches of `epoch` from batch `start` on.
 
-    FFCV counts epochs itself (next_epoch), from 0 in every process, so a resumed run would
-    replay epoch 0's order. Lightning calls `dataloader.sampler.set_epoch(n)` before every epoch
-    with the number of epochs already processed (as for a DistributedSampler); this loader is
-    its own `sampler` to receive it. Iteration starts lazily, at the first batch, because
-    Lightning creates the iterator of a restored run before it sets the epoch, as it may for a
-    DataLoader, whose sampler is lazy too.
+    FFCV counts epochs itself (next_epoch, from 0 in every process) and always starts an epoch
+    at its first batch; this is Loader.__iter__ (ffcv 1.0.2) with the epoch and the first batch
+    given, so a resumed run sees the order and the batches an uninterrupted one would.
     """
+    from ffcv.loader.epoch_iterator import EpochIterator
+    from ffcv.pipeline.compiler import Compiler
 
-    def __init__(self, loader, decoder=None, resolution_at=None) -> None:
-        self.loader, self.decoder, self.resolution_at = loader, decoder, resolution_at
-        self.epoch = 0
-        # The DataLoader attributes Lightning reads: loader.sampler.set_epoch and
-        # loader.batch_sampler.{batch_size, sampler} (DeepSpeed takes its micro-batch size there).
-        self.sampler = self.batch_sampler = self
-        self.batch_size = loader.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        self.loader.next_epoch = self.epoch
-        if self.decoder is not None:
-            size = self.resolution_at(self.epoch)
-            self.decoder.output_size = (size, size)
-        iterator = iter(self.loader)
-        try:
-            yield from iterator
-        finally:
-            iterator.close()  # stops FFCV's reader thread when an epoch is cut short
-
-    def __len__(self) -> int:
-        return len(self.loader)
+    if decoder is not None:
+        size = resolution_at(epoch)
+        decoder.output_size = (size, size)
+    Compiler.set_num_threads(loader.num_workers)
+    loader.next_epoch = epoch
+    order = loader.next_traversal_order()[start * loader.batch_size : len(loader) * loader.batch_size]
+    loader.next_epoch += 1
+    if loader.code is None or loader.recompile:
+        loader.generate_code()
+    return EpochIterator(loader, order)
 
 
 class FFCVImageNet(ImageDataModule):
@@ -140,7 +127,8 @@ class FFCVImageNet(ImageDataModule):
             distributed=self.replicas()[0] > 1,
             pipelines={"image": image, "label": self._label_pipeline()},
         )
-        return EpochLoader(loader, decoder, self.resolution_at)
+        batches = partial(ffcv_epoch, loader, decoder=decoder, resolution_at=self.resolution_at)
+        return EpochLoader(batches, len(loader), self.batch_size, start=self.batches_done)
 
     def val_dataloader(self):
         from ffcv.fields.decoders import CenterCropRGBImageDecoder
@@ -159,7 +147,7 @@ class FFCVImageNet(ImageDataModule):
             indices=np.arange(rank, self.val_samples, world_size),
             pipelines={"image": [decoder] + self._image_tail(), "label": self._label_pipeline()},
         )
-        return EpochLoader(loader)
+        return EpochLoader(partial(ffcv_epoch, loader), len(loader), self.batch_size)
 
     def test_dataloader(self):
         return self.val_dataloader()

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .epoch_loader import EpochLoader
 from .errors import DataError, require_path
 from .image_module import ImageDataModule
 
@@ -30,17 +31,17 @@ class EpochSeededSampler(DistributedSampler):
     seed + epoch, incomplete batches dropped); each sample's seed is drawn from (seed, epoch) and
     keyed by its index. With SeededTransformDataset, a sample's random augmentation is then the
     same whatever the number of workers or processes, so a resumed run sees the batches an
-    uninterrupted run would have seen. Being a DistributedSampler, Lightning neither replaces it
-    under DDP nor forgets to call set_epoch on it.
+    uninterrupted run would have seen.
     """
 
     def __init__(self, dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0  # samples of this rank's shard to skip (a run resumed mid-epoch)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         sample_seeds = torch.randint(0, 2**62, (len(self.dataset),), generator=generator).tolist()
-        return ((index, sample_seeds[index]) for index in super().__iter__())
+        return ((index, sample_seeds[index]) for index in list(super().__iter__())[self.start :])
 
 
 class SeededTransformDataset(Dataset):
@@ -94,10 +95,17 @@ class ImageFolderData(ImageDataModule):
             if len(dataset.dataset.classes) > self.num_classes:
                 raise DataError(f"{name} has {len(dataset.dataset.classes)} classes but num_classes is {self.num_classes}")
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> EpochLoader:
         world_size, rank = self.replicas()
         sampler = EpochSeededSampler(self.train_set, self.seed, num_replicas=world_size, rank=rank)
-        return self._loader(self.train_set, sampler=sampler, drop_last=True)
+        loader = self._loader(self.train_set, sampler=sampler, drop_last=True)
+
+        def batches(epoch: int, start: int) -> DataLoader:
+            sampler.set_epoch(epoch)
+            sampler.start = start * self.batch_size
+            return loader
+
+        return EpochLoader(batches, len(loader), self.batch_size, start=self.batches_done)
 
     def val_dataloader(self) -> DataLoader:
         # Every sample exactly once across processes (DistributedSampler would pad with repeats).

@@ -47,6 +47,16 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
+    def batches_done(self) -> int:
+        """Batches of the current training epoch already trained on.
+
+        0 at the start of every epoch, except the first epoch of a run restored from a checkpoint
+        saved mid-epoch (SLURM preemption), whose loop progress Lightning restores before it
+        fetches the first batch. The training loaders ask when they start an epoch.
+        """
+        trainer = self.trainer
+        return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer is not None else 0
+
     def check_one_batch(self, images: int, where: str) -> None:
         """Training drops incomplete batches, so fewer images than one batch would train nothing."""
         if images < self.batch_size:
