@@ -127,9 +127,14 @@ def _run_tool(argv: list[str]) -> int:
 
 
 def _run_trainer(argv: list[str]) -> int:
+    from .distributed.preemption import Preempted
     from .training_cli import SasaCLI
 
-    SasaCLI(args=argv)
+    try:
+        SasaCLI(args=argv)
+    except Preempted as stop:
+        # Not a failure: the state is saved and (under SLURM) the job is already queued again.
+        print(f"sasa: {stop}", file=sys.stderr, flush=True)
     return 0
 
 

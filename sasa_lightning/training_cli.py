@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from .callbacks import LineProgress, PredictionWriter
+from .distributed.preemption import Preemption
 
 
 def default_callbacks() -> list[L.Callback]:
@@ -26,13 +27,14 @@ def default_callbacks() -> list[L.Callback]:
 
     Two checkpoint callbacks: the best by val/acc1, and last.ckpt rewritten after every epoch
     (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau it would
-    leave last.ckpt behind).
+    leave last.ckpt behind). Preemption turns SIGUSR1 into last-preempted.ckpt (and a SLURM
+    requeue).
     """
     best = ModelCheckpoint(
         monitor="val/acc1", mode="max", filename="best-epoch{epoch:03d}-acc{val/acc1:.4f}", auto_insert_metric_name=False
     )
     last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
-    return [best, last, LearningRateMonitor(), LineProgress(), PredictionWriter()]
+    return [best, last, LearningRateMonitor(), LineProgress(), PredictionWriter(), Preemption()]
 
 
 def default_loggers(root: str) -> list:

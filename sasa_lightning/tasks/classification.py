@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
@@ -66,6 +67,11 @@ class ImageClassifier(L.LightningModule):
                 for name, k in (("acc1", 1), ("acc5", top_k))
             }
         )
+        # Epoch means of the training loss and accuracy whose running sums are saved in checkpoints,
+        # so a run resumed mid-epoch (preemption) still reports the whole epoch's means.
+        self.train_means = torch.nn.ModuleDict({"loss": MeanMetric(), "acc1": MeanMetric()})
+        for mean in self.train_means.values():
+            mean.persistent(True)
         self._last_batch_start: float | None = None
 
     @property
@@ -80,8 +86,15 @@ class ImageClassifier(L.LightningModule):
         logits = self.model(images.to(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc1": accuracy}, prog_bar=True, on_step=True, on_epoch=True)
+        for name, value in (("loss", loss), ("acc1", accuracy)):
+            self.train_means[name](value.detach())
+            self.log(f"train/{name}", self.train_means[name], prog_bar=True, on_step=True, on_epoch=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Not called when a run resumes mid-epoch: the restored sums carry on.
+        for mean in self.train_means.values():
+            mean.reset()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Images per second over the whole step, data loading included: from one batch start to the next.
