@@ -92,7 +92,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="the .ckpt file to write")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
-    bench.add_argument("name", choices=("layer", "data"))
+    bench.add_argument("name", choices=("layer", "data", "scaling"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 
@@ -159,14 +159,32 @@ def _root_message(error: BaseException) -> str:
 
     jsonargparse wraps an error raised while building a class (an unknown model name, say) in
     its own multi-line report; the original, which says what is wrong, is at the end of the chain.
+    A failed Union is the exception: its report names every alternative's error, and the chain
+    only continues with the last alternative tried.
     """
     root, link = error, error
     while link is not None:
         if isinstance(link, USER_ERRORS):
             root = link
+            if str(link).startswith(UNION_REPORT):
+                return _union_reason(str(link))
         # Follow the chain as Python's traceback does: `raise ... from None` ends it.
         link = link.__cause__ if link.__cause__ is not None else None if link.__suppress_context__ else link.__context__
     return "; ".join(line.strip() for line in str(root).splitlines() if line.strip())
+
+
+UNION_REPORT = "Does not validate against any of the Union subtypes"
+
+
+def _union_reason(message: str) -> str:
+    """The error of the alternative that was meant, from jsonargparse's report on a failed Union.
+
+    A value that can be a name or a class (`trainer.strategy`) that fails to build is reported as
+    "Errors: - Expected a <class 'str'> - <the real error>"; the type mismatches are noise.
+    """
+    errors = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+    meant = [error for error in errors if not error.startswith("Expected a ")] or errors
+    return "; ".join(meant) if meant else " ".join(message.split())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ process on the CPU.
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
@@ -15,7 +17,69 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
 from lightning.fabric.utilities.seed import reset_seed
 
 
+BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+class _RecordingDict(dict):
+    """A dict that remembers every key looked up in it, however it is looked up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def pop(self, key, *default):
+        self.read.add(key)
+        return super().pop(key, *default)
+
+    def keys(self):
+        record = self.read
+
+        class Keys(set):
+            def __contains__(self, key) -> bool:
+                record.add(key)
+                return super().__contains__(key)
+
+        return Keys(super().keys())
+
+
+def check_deepspeed_config(config: dict) -> None:
+    """One clear error for a top-level key DeepSpeed would silently ignore (`zero_optimisation`).
+
+    The keys DeepSpeed knows are learnt from DeepSpeed itself: its DeepSpeedConfig parses a copy
+    that records every lookup (a list of our own would go stale with each DeepSpeed release).
+    The batch sizes are set by Lightning at setup, so the copy takes a placeholder for them.
+    Nested sections are DeepSpeed's pydantic models, which already refuse unknown fields.
+    """
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    probe = _RecordingDict({k: v for k, v in config.items() if k not in BATCH_KEYS}, train_micro_batch_size_per_gpu=1)
+    DeepSpeedConfig(probe)
+    unknown = sorted(set(config) - probe.read - set(BATCH_KEYS))
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(probe.read), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"DeepSpeed config key {key!r} is not one DeepSpeed reads ({hint}DeepSpeed would silently ignore it)")
+
+
 class DeepSpeedStrategy(LightningDeepSpeedStrategy):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(self.config, dict):  # given as a dict or a JSON file (Lightning has loaded it)
+            check_deepspeed_config(self.config)
+
     def setup(self, trainer) -> None:
         stage = self.config.get("zero_optimization", {}).get("stage", 0) if isinstance(self.config, dict) else 0
         if stage == 3 and getattr(self.lightning_module, "ema", None) is not None:
