@@ -4,21 +4,31 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-# System libraries FFCV builds against (Debian/Ubuntu package names).
-SYSTEM_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+# System libraries FFCV builds against, and the SLURM the integration tests run a local cluster
+# of (slurm/local_cluster.sh); Debian/Ubuntu package names.
+FFCV_PACKAGES := pkg-config libopencv-dev libturbojpeg0-dev
+SLURM_PACKAGES := slurm-wlm munge
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install system-packages demo test bench clean
+# $(call apt_install,why,packages): installs those of the packages that are missing.
+define apt_install
+	@missing="$$(for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages $(1): $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+endef
+
+.PHONY: install system-packages slurm-packages demo test bench clean
 
 install: system-packages $(INSTALLED)
 
 system-packages:
-	@missing="$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done)"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing system packages FFCV needs: $$missing"; \
-		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,FFCV needs,$(FFCV_PACKAGES))
+
+slurm-packages:
+	$(call apt_install,for the local SLURM cluster,$(SLURM_PACKAGES))
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -30,7 +40,7 @@ $(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
 demo: install
 	$(VENV)/bin/sasa fit --config configs/demo/digits.yaml
 
-test: install
+test: install slurm-packages
 	$(PYTHON) -m pytest
 
 bench: install

@@ -13,12 +13,15 @@ import time
 import warnings
 
 import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from .callbacks import LineProgress, PredictionWriter
+from .checkpoint_io import AtomicCheckpointIO
 from .distributed.preemption import Preemption
 
 
@@ -77,6 +80,12 @@ class SasaCLI(LightningCLI):
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(self.run_root)
         trainer = super().instantiate_trainer(**kwargs)
+        if SLURMEnvironment.detect():
+            # Lightning checks this only when it launches processes itself (devices > 1); with
+            # devices=1 under 2 tasks each task would train alone, into the same run folder.
+            SLURMEnvironment().validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # DeepSpeed writes its own directories
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.run_root, "checkpoints")

@@ -84,3 +84,77 @@ def test_deepspeed_zero2_trains_resumes_and_its_export_evaluates_the_same(tmp_pa
     sasa("validate", *QUICK, "--ckpt_path", str(exported), "--trainer.default_root_dir", str(tmp_path / "single"),
          cache=tmp_path / "cache")
     assert logged(tmp_path / "single", "val/acc1")[-1] == pytest.approx(live, abs=1e-6)
+
+
+def test_deepspeed_config_check_knows_what_deepspeed_reads():
+    from sasa_lightning.distributed.deepspeed import check_deepspeed_config
+
+    # Keys DeepSpeed reads in different ways: scalars, pydantic sections, monitor sections, batch sizes.
+    check_deepspeed_config({"zero_optimization": {"stage": 2}, "tensorboard": {"enabled": False}, "bf16": {"enabled": True},
+                            "train_batch_size": 256, "gradient_clipping": 1.0, "zero_allow_untested_optimizer": True})
+    with pytest.raises(ValueError, match=r"'zero_optimisation' .*did you mean 'zero_optimization'"):
+        check_deepspeed_config({"zero_optimisation": {"stage": 2}})
+    with pytest.raises(ValueError, match="stag"):  # inside a section: DeepSpeed's own models refuse it
+        check_deepspeed_config({"zero_optimization": {"stag": 2}})
+
+
+def test_an_unknown_deepspeed_key_in_a_json_config_is_one_line_and_exit_2(tmp_path):
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text('{"zero_allow_untested_optimizer": true, "zero_optimization": {"stage": 2}, "gradient_clipp": 1}')
+    env = dict(os.environ, SASA_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run(
+        [sys.executable, "-m", "sasa_lightning.cli", "fit", "--config", str(ROOT / "configs/demo/digits.yaml"),
+         "--trainer.strategy", "sasa_lightning.distributed.DeepSpeedStrategy",
+         "--trainer.strategy.config", str(ds_config), "--trainer.default_root_dir", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sasa: error: DeepSpeed config key 'gradient_clipp'") and "'gradient_clipping'" in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "multinode.sbatch", "ablation_array.sbatch"])
+def test_the_sbatch_scripts_refuse_to_run_outside_slurm(script):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(["bash", str(ROOT / "slurm" / script), "configs/demo/digits.yaml"], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("sasa slurm: not ") and "sbatch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_sigusr1_outside_slurm_checkpoints_mid_epoch_and_the_resumed_run_is_identical(tmp_path):
+    """The preemption path without a scheduler: stop on SIGUSR1, then `--ckpt_path last` resumes mid-epoch."""
+    import signal
+    import time
+
+    deterministic = [*QUICK, "--data.init_args.scale", "[1.0, 1.0]", "--data.init_args.ratio", "[1.0, 1.0]",
+                     "--trainer.deterministic", "true", "--trainer.limit_train_batches", "12",
+                     "--trainer.limit_val_batches", "2", "--trainer.max_epochs", "3"]
+    sasa("fit", *deterministic, "--trainer.default_root_dir", str(tmp_path / "straight"), cache=tmp_path / "cache")
+
+    run = tmp_path / "stopped"
+    env = dict(os.environ, SASA_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "sasa_lightning.cli", "fit", *deterministic,
+                                "--trainer.default_root_dir", str(run)], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (run / "checkpoints" / "last.ckpt").exists():  # the first epoch is done
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGUSR1)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0 and "sasa: preempted: saved" in output, output[-3000:]
+    stopped = torch.load(run / "checkpoints" / "last-preempted.ckpt", weights_only=True)
+    assert 12 < stopped["global_step"] < 36
+
+    result = sasa("fit", *deterministic, "--trainer.default_root_dir", str(run), "--ckpt_path", "last", cache=tmp_path / "cache")
+    assert "last-preempted.ckpt" in result.stdout + result.stderr
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(straight["state_dict"][k], resumed["state_dict"][k]) for k in straight["state_dict"])
+    rows = lambda root: [{k: v for k, v in r.items() if v and k != "train/images_per_s"}
+                         for v in sorted((root / "logs").glob("version_*"))
+                         for r in csv.DictReader((v / "metrics.csv").open()) if r.get("val/acc1") or r.get("train/loss_epoch")]
+    assert rows(run) == rows(tmp_path / "straight")

@@ -141,6 +141,7 @@ def test_predict_writes_the_top5_of_every_validation_image(tmp_path):
             "FFCV file '/nonexistent/train.beton' does not exist",
         ),
         (["--model.init_args.model", "resnet51"], "unknown model 'resnet51'"),
+        (["--trainer.strategy", "ddp_nonexistent"], "invalid strategy name: `strategy='ddp_nonexistent'`"),
         (["--model.init_args.model_options", '{"positional": "learned"}'], "positional must be one of"),
         (["--model.init_args.init_from", "/nonexistent/x.ckpt"], "checkpoint '/nonexistent/x.ckpt' does not exist"),
         (["--model.init_args.init_from", "{tmp}/junk.ckpt"], "junk.ckpt' is corrupt, truncated, or holds objects"),
@@ -170,3 +171,11 @@ def test_bad_input_is_one_line(extra, message, tmp_path, digits_cache):
     assert len(errors) == 1 and errors[0].startswith("sasa: error: "), result.stderr[-2000:]
     assert re.search(message, errors[0]), errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_the_trainer_writes_checkpoints_atomically(tmp_path):
+    from sasa_lightning.checkpoint_io import AtomicCheckpointIO
+    from sasa_lightning.training_cli import SasaCLI
+
+    cli = SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

@@ -68,8 +68,12 @@ class ImageClassifier(L.LightningModule):
             }
         )
         # Epoch means of the training loss and accuracy whose running sums are saved in checkpoints,
-        # so a run resumed mid-epoch (preemption) still reports the whole epoch's means.
-        self.train_means = torch.nn.ModuleDict({"loss": MeanMetric(), "acc1": MeanMetric()})
+        # so a run resumed mid-epoch (preemption) still reports the whole epoch's means. They
+        # average values already averaged over the processes, so every process holds the same
+        # sums and the one checkpoint (rank 0's) restores them all.
+        self.train_means = torch.nn.ModuleDict(
+            {name: MeanMetric(sync_on_compute=False) for name in ("loss", "acc1")}
+        )
         for mean in self.train_means.values():
             mean.persistent(True)
         self._last_batch_start: float | None = None
@@ -86,8 +90,9 @@ class ImageClassifier(L.LightningModule):
         logits = self.model(images.to(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        for name, value in (("loss", loss), ("acc1", accuracy)):
-            self.train_means[name](value.detach())
+        step_means = self.trainer.strategy.reduce(torch.stack([loss.detach(), accuracy]), reduce_op="mean")
+        for name, value in zip(("loss", "acc1"), step_means):
+            self.train_means[name](value)
             self.log(f"train/{name}", self.train_means[name], prog_bar=True, on_step=True, on_epoch=True)
         return loss
 
