@@ -22,7 +22,13 @@ sasa=$(command -v sasa || true)
 [ -n "$sasa" ] || sasa="$SLURM_SUBMIT_DIR/.venv/bin/sasa"
 [ -x "$sasa" ] || die "the sasa command is not on PATH nor in $SLURM_SUBMIT_DIR/.venv (run make install)"
 
-if [ "${SLURM_GPUS_ON_NODE:-0}" -gt 0 ]; then accelerator=gpu; else accelerator=cpu; fi
+if [ "${SLURM_GPUS_ON_NODE:-0}" -gt 0 ]; then
+    accelerator=gpu
+    [ "$SLURM_GPUS_ON_NODE" -eq "$SLURM_NTASKS_PER_NODE" ] || die "one task per GPU: the job has" \
+        "$SLURM_GPUS_ON_NODE GPUs per node but --ntasks-per-node=$SLURM_NTASKS_PER_NODE; give both the same number"
+else
+    accelerator=cpu
+fi
 # One process per device: the math libraries get the task's CPUs, not the whole node's.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 

@@ -158,3 +158,13 @@ def test_sigusr1_outside_slurm_checkpoints_mid_epoch_and_the_resumed_run_is_iden
                          for v in sorted((root / "logs").glob("version_*"))
                          for r in csv.DictReader((v / "metrics.csv").open()) if r.get("val/acc1") or r.get("train/loss_epoch")]
     assert rows(run) == rows(tmp_path / "straight")
+
+
+def test_launch_refuses_a_job_with_other_than_one_task_per_gpu():
+    env = dict(os.environ, SLURM_JOB_ID="7", SLURM_SUBMIT_DIR=str(ROOT), SLURM_GPUS_ON_NODE="8", SLURM_NTASKS_PER_NODE="1",
+               SLURM_JOB_NUM_NODES="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", str(ROOT / "slurm" / "launch.sh"), "configs/demo/digits.yaml"], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("sasa slurm: one task per GPU: the job has 8 GPUs per node but --ntasks-per-node=1; "
+                                     "give both the same number")
