@@ -58,7 +58,8 @@ class LocalSelfAttention2d(nn.Module):
         self.key = nn.Parameter(torch.empty(out_channels, in_channels)) if logits == "qk+qr" else None
         self.value = nn.Parameter(torch.empty(out_channels, in_channels))
         self.relative = RelativeEmbedding2d(heads, out_channels // heads, kernel_size) if positional == "relative" else None
-        self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        # ceil_mode: an odd side gives ceil(H/2), as a strided 3x3 conv (and the 1x1 strided shortcut) does.
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
