@@ -9,7 +9,7 @@ import pytest
 from sasa_lightning.cli import main
 from sasa_lightning.models.paper import PAPER_TABLES
 
-KEYS = {"table", "row", "model", "overrides", "params_m", "gflops", "paper_params_m", "paper_gflops"}
+KEYS = {"table", "row", "model", "overrides", "params_m", "gflops", "paper_params_m", "paper_gflops", "image_size"}
 
 
 def summary_json(capsys, *tables):
@@ -21,8 +21,18 @@ def summary_json(capsys, *tables):
 
 
 def assert_within_paper_bounds(rows):
-    """Every parameter count within 1.5 % of the paper's and every FLOP count within 3 %."""
+    """Classifiers: every parameter count within 1.5 % of the paper's and every FLOP count within 3 %.
+
+    Detectors (Table 2), as the README explains: parameters within 2 % with conv FPN and heads and
+    within 3 % with attention ones; FLOPs within 5 % with conv ones, and 15-17 % above the paper's
+    with attention ones (the paper's counting of the attention heads at 640x640 is not known).
+    """
     for row in rows:
+        if row["table"] == 2:
+            attention = row["overrides"].get("heads") == "attention"
+            assert abs(row["params_m"] / row["paper_params_m"] - 1) <= (0.03 if attention else 0.02), row
+            assert 0 <= row["gflops"] / row["paper_gflops"] - 1 <= (0.18 if attention else 0.05), row
+            continue
         if row["paper_params_m"] is not None:
             assert abs(row["params_m"] / row["paper_params_m"] - 1) <= 0.015, row
         assert abs(row["gflops"] / row["paper_gflops"] - 1) <= 0.03, row
@@ -40,7 +50,7 @@ def test_summary_json_has_one_object_per_row(capsys):
 def test_summary_reproduces_every_table(capsys):
     rows = summary_json(capsys)
     assert len(rows) == sum(len(t) for t in PAPER_TABLES.values())
-    assert {1: 9, 3: 8, 4: 5, 6: 2}.items() <= {t: sum(r["table"] == t for r in rows) for t in PAPER_TABLES}.items()
+    assert {1: 9, 2: 5, 3: 8, 4: 5, 6: 2}.items() <= {t: sum(r["table"] == t for r in rows) for t in PAPER_TABLES}.items()
     assert_within_paper_bounds(rows)
 
 
@@ -51,9 +61,9 @@ def test_summary_text_shows_ours_beside_the_paper(capsys):
 
 
 def test_summary_rejects_an_unknown_table():
-    result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", "summary", "--table", "2"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", "summary", "--table", "8"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert "invalid choice: 2" in result.stderr
+    assert "invalid choice: 8" in result.stderr
 
 
 @pytest.mark.slow

@@ -41,7 +41,17 @@ def _module_macs(module: nn.Module, inputs: tuple, output) -> int:
 
 
 def complexity(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> Complexity:
-    """Parameters and FLOPs of one forward pass on one image of input_size (C, H, W)."""
+    """Parameters and FLOPs of one forward pass on one image of input_size (C, H, W).
+
+    A RetinaNet counts its network (backbone, FPN, heads) on an image of input_size, without the
+    resizing and post-processing around it.
+    """
+    from torchvision.models.detection import RetinaNet
+
+    from .retinanet import DenseDetectorCore
+
+    if isinstance(model, RetinaNet):
+        model = DenseDetectorCore(model)
     params = sum(p.numel() for p in model.parameters())
     meta_model = copy.deepcopy(model).to("meta").eval()
     macs = 0

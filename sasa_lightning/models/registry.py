@@ -8,6 +8,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .resnet import ResNet
+from .retinanet import retinanet
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -53,3 +54,23 @@ def _resnet(depth: int, attention: bool) -> Callable[..., nn.Module]:
 for _depth in RESNET_BLOCKS:
     register_model(f"resnet{_depth}", _resnet(_depth, attention=False))
     register_model(f"sasa_resnet{_depth}", _resnet(_depth, attention=True))
+
+
+def _retinanet(attention: bool) -> Callable[..., nn.Module]:
+    def build(
+        num_classes: int = 80,
+        stem: str = "conv",
+        fpn: str = "conv",
+        heads: str = "conv",
+        min_size: int = 640,
+        max_size: int = 640,
+        backend: str = "auto",
+    ) -> nn.Module:
+        body = ResNet(RESNET_BLOCKS[50], stem=stem, attention_stages=ALL_STAGES if attention else (), backend=backend)
+        return retinanet(body, num_classes, fpn, heads, min_size, max_size, backend)
+
+    return build
+
+
+register_model("retinanet_resnet50", _retinanet(attention=False))
+register_model("retinanet_sasa_resnet50", _retinanet(attention=True))
