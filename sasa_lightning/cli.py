@@ -82,6 +82,12 @@ def _tools_parser() -> argparse.ArgumentParser:
     writer.add_argument("--num-workers", type=int, default=None)
     digits = data.add_parser("digits", help="write the built-in demo data (ImageFolder and .beton files)")
     digits.add_argument("--cache-dir", default=None, help="default: $SASA_CACHE or ~/.cache/sasa-lightning")
+    shapes = data.add_parser("make-shapes", help="write the built-in detection data (COCO layout: JPEGs + JSON)")
+    shapes.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
+    shapes.add_argument("--train", type=int, default=800, help="training images (default 800)")
+    shapes.add_argument("--val", type=int, default=200, help="validation images (default 200)")
+    shapes.add_argument("--image-size", type=int, default=128)
+    shapes.add_argument("--seed", type=int, default=0)
 
     plot = commands.add_parser("plot", help="loss and accuracy curves of a run as a PNG")
     plot.add_argument("log_dir", help="a run's log folder holding metrics.csv, e.g. runs/digits/logs/version_0")
@@ -108,6 +114,10 @@ def _run_tool(argv: list[str]) -> int:
 
         out = write_ffcv(args.src, args.out, args.max_resolution, args.jpeg_quality, args.num_workers)
         print(f"wrote {out}")
+    elif args.command == "data" and args.data_command == "make-shapes":
+        from .data import make_shapes
+
+        print(f"wrote {make_shapes(args.out, args.train, args.val, args.image_size, args.seed)}")
     elif args.command == "data":
         from .data import prepare_digits
 
