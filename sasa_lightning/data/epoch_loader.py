@@ -44,3 +44,18 @@ class EpochLoader:
 
     def __len__(self) -> int:
         return self.length
+
+
+def replicas(trainer) -> tuple[int, int]:
+    """(world size, global rank) of this process; (1, 0) outside a trainer."""
+    return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
+def batches_done(trainer) -> int:
+    """Batches of the current training epoch already trained on.
+
+    0 at the start of every epoch, except the first epoch of a run restored from a checkpoint
+    saved mid-epoch (SLURM preemption), whose loop progress Lightning restores before it fetches
+    the first batch. The training loaders ask when they start an epoch.
+    """
+    return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer is not None else 0

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import lightning as L
 
+from .epoch_loader import batches_done, replicas
 from .errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,19 +44,10 @@ class ImageDataModule(L.LightningDataModule):
         self.mean, self.std, self.seed = tuple(mean), tuple(std), seed
 
     def replicas(self) -> tuple[int, int]:
-        """(world size, global rank) of this process; (1, 0) outside a trainer."""
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return replicas(self.trainer)
 
     def batches_done(self) -> int:
-        """Batches of the current training epoch already trained on.
-
-        0 at the start of every epoch, except the first epoch of a run restored from a checkpoint
-        saved mid-epoch (SLURM preemption), whose loop progress Lightning restores before it
-        fetches the first batch. The training loaders ask when they start an epoch.
-        """
-        trainer = self.trainer
-        return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer is not None else 0
+        return batches_done(self.trainer)
 
     def check_one_batch(self, images: int, where: str) -> None:
         """Training drops incomplete batches, so fewer images than one batch would train nothing."""

@@ -1,0 +1,149 @@
+"""COCODetectionData: the COCO layout as a LightningDataModule, with the paper's augmentation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .coco import CocoDetection, load_coco
+from .epoch_loader import EpochLoader, batches_done, replicas
+from .errors import DataError
+
+
+def collate(batch):
+    """Images of different sizes stay a list: the detector resizes and pads them itself."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def train_transform(max_size: int, scale_range: Sequence[float], flip: float):
+    """Paper A.3: multiscale jitter, a random crop to a side of at most max_size, horizontal flip."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.transforms.v2._utils import query_size
+
+    class RandomCropToMaxSide(v2.Transform):
+        def make_params(self, flat_inputs):
+            height, width = query_size(flat_inputs)
+            crop_h, crop_w = min(height, max_size), min(width, max_size)
+            top = int(torch.randint(0, height - crop_h + 1, ()))
+            left = int(torch.randint(0, width - crop_w + 1, ()))
+            return {"top": top, "left": left, "height": crop_h, "width": crop_w}
+
+        def transform(self, inpt, params):
+            return self._call_kernel(F.crop, inpt, **params)
+
+    return v2.Compose([
+        v2.ScaleJitter((max_size, max_size), scale_range=tuple(scale_range)),
+        RandomCropToMaxSide(),
+        v2.RandomHorizontalFlip(flip),
+        # Boxes cut away by the crop go, with their labels and crowd flags.
+        v2.SanitizeBoundingBoxes(labels_getter=lambda inputs: (inputs[1]["labels"], inputs[1]["iscrowd"])),
+    ])
+
+
+class AspectGroupedBatches:
+    """Batches of this rank's shard in which every image has the same orientation (landscape or
+    portrait), so the detector pads less.
+
+    How many full batches the groups make depends on the epoch's shuffle; every epoch gives the
+    number it is sure to reach (one per group fewer than the shard would fill), so that every
+    epoch and every process has the same length.
+    """
+
+    def __init__(self, sampler: DistributedSampler, landscape: list[bool], batch_size: int) -> None:
+        self.sampler, self.landscape, self.batch_size = sampler, landscape, batch_size
+        groups = len(set(landscape))
+        self.length = max(0, len(sampler) // batch_size - (groups - 1))
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        self.sampler.set_epoch(epoch)
+        groups: dict[bool, list[int]] = {True: [], False: []}
+        batches = []
+        for index in self.sampler:
+            group = groups[self.landscape[index]]
+            group.append(index)
+            if len(group) == self.batch_size:
+                batches.append(list(group))
+                group.clear()
+        return batches[: self.length]
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class COCODetectionData(L.LightningDataModule):
+    """`root/annotations/instances_<split>.json` and `root/<split>/` images (COCO 2017 layout).
+
+    Batch size is per device. Training: ScaleJitter by scale_range around max_size, a random crop
+    of at most max_size per side, horizontal flip with probability flip, batches grouped by
+    orientation. Validation: the images as they are (the detector resizes them), each counted
+    once across processes.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train2017",
+        val_split: str = "val2017",
+        batch_size: int = 8,
+        num_workers: int | None = None,
+        max_size: int = 640,
+        scale_range: Sequence[float] = (0.8, 1.2),
+        flip: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.root, self.train_split, self.val_split = Path(root), train_split, val_split
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.max_size, self.scale_range, self.flip = max_size, tuple(scale_range), flip
+        self.val_index = self._load(val_split)
+        self.num_classes = len(self.val_index.category_ids)
+        self.category_ids, self.category_names = self.val_index.category_ids, self.val_index.category_names
+
+    def _load(self, split: str):
+        return load_coco(self.root / "annotations" / f"instances_{split}.json", self.root / split)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.val_set = CocoDetection(self.val_index)
+        if stage == "fit":
+            train_index = self._load(self.train_split)
+            if train_index.category_ids != self.category_ids:
+                raise DataError(f"the {self.train_split} and {self.val_split} annotation files list different categories")
+            if len(train_index.images) < self.batch_size:
+                raise DataError(f"{self.train_split} has {len(train_index.images)} images, fewer than one batch of "
+                                f"{self.batch_size}; lower --data.init_args.batch_size")
+            self.train_set = CocoDetection(train_index, train_transform(self.max_size, self.scale_range, self.flip), train=True)
+
+    def _workers(self) -> int:
+        return self.num_workers if self.num_workers is not None else min(4, os.cpu_count() or 1)
+
+    def train_dataloader(self) -> EpochLoader:
+        world_size, rank = replicas(self.trainer)
+        sampler = DistributedSampler(self.train_set, world_size, rank, shuffle=True, seed=self.seed, drop_last=True)
+        landscape = [image.width >= image.height for image in self.train_set.index.images]
+        grouped = AspectGroupedBatches(sampler, landscape, self.batch_size)
+        workers = self._workers()
+
+        def batches(epoch: int, start: int) -> DataLoader:
+            return DataLoader(self.train_set, batch_sampler=grouped.batches(epoch)[start:], num_workers=workers,
+                              collate_fn=collate)
+
+        return EpochLoader(batches, len(grouped), self.batch_size, start=lambda: batches_done(self.trainer))
+
+    def val_dataloader(self) -> DataLoader:
+        world_size, rank = replicas(self.trainer)
+        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=self._workers(),
+                          collate_fn=collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
