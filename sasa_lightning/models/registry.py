@@ -57,6 +57,10 @@ for _depth in RESNET_BLOCKS:
 
 
 def _retinanet(attention: bool) -> Callable[..., nn.Module]:
+    """The paper's detectors (ResNet-50, 256-channel FPN and heads, k = 7) by default; depth,
+    base_width, channels, kernel_size, anchor_size and head_norm make the small ones of the demo.
+    score_threshold: detections scoring less are dropped before non-maximum suppression."""
+
     def build(
         num_classes: int = 80,
         stem: str = "conv",
@@ -65,9 +69,20 @@ def _retinanet(attention: bool) -> Callable[..., nn.Module]:
         min_size: int = 640,
         max_size: int = 640,
         backend: str = "auto",
+        depth: int = 50,
+        base_width: int = 64,
+        channels: int = 256,
+        kernel_size: int = 7,
+        anchor_size: int = 32,
+        head_norm: bool = False,
+        score_threshold: float = 0.05,
     ) -> nn.Module:
-        body = ResNet(RESNET_BLOCKS[50], stem=stem, attention_stages=ALL_STAGES if attention else (), backend=backend)
-        return retinanet(body, num_classes, fpn, heads, min_size, max_size, backend)
+        if depth not in RESNET_BLOCKS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
+        body = ResNet(RESNET_BLOCKS[depth], stem=stem, attention_stages=ALL_STAGES if attention else (),
+                      kernel_size=kernel_size, backend=backend, base_width=base_width)
+        return retinanet(body, num_classes, fpn, heads, min_size, max_size, backend, channels, anchor_size, kernel_size,
+                         head_norm, score_thresh=score_threshold)
 
     return build
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..nn import AttentionStem, LocalSelfAttention2d
 
-STAGE_WIDTHS = (64, 128, 256, 512)
+STAGES = 4
 EXPANSION = 4
 STEMS = ("conv", "attention")
 
@@ -50,7 +50,9 @@ class ResNet(nn.Module):
 
     Options: blocks per stage; stem "conv" (7x7/2 conv + 3x3/2 max pool) or "attention";
     attention_stages, the stages whose spatial layers are LocalSelfAttention2d; and the
-    attention layer's kernel_size, heads, positional, logits, padding and backend.
+    attention layer's kernel_size, heads, positional, logits, padding and backend. base_width is
+    the first stage's bottleneck width, doubled at each stage (64: the paper's 64-128-256-512;
+    narrower ResNets are for small demos).
     """
 
     def __init__(
@@ -67,12 +69,16 @@ class ResNet(nn.Module):
         backend: str = "auto",
         stem_heads: int = 4,
         stem_values: str = "spatially_aware",
+        base_width: int = 64,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if len(blocks) != len(STAGE_WIDTHS):
-            raise ValueError(f"blocks must give {len(STAGE_WIDTHS)} stages, got {tuple(blocks)}")
+        if len(blocks) != STAGES:
+            raise ValueError(f"blocks must give {STAGES} stages, got {tuple(blocks)}")
+        if base_width < 1 or (attention_stages and base_width % heads):
+            raise ValueError(f"base_width must be a positive multiple of the attention heads ({heads}), got {base_width}")
+        widths = [base_width * 2**stage for stage in range(STAGES)]
         bad = [s for s in attention_stages if s not in (1, 2, 3, 4)]
         if bad:
             raise ValueError(f"attention_stages are stage numbers 1-4, got {tuple(attention_stages)}")
@@ -83,17 +89,17 @@ class ResNet(nn.Module):
 
         if stem == "conv":
             self.stem = nn.Sequential(
-                nn.Conv2d(3, STAGE_WIDTHS[0], 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(STAGE_WIDTHS[0]),
+                nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(widths[0]),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         else:
-            self.stem = AttentionStem(3, STAGE_WIDTHS[0], heads=stem_heads, values=stem_values)
+            self.stem = AttentionStem(3, widths[0], heads=stem_heads, values=stem_values)
 
         stages = []
-        in_channels = STAGE_WIDTHS[0]
-        for number, (width, count) in enumerate(zip(STAGE_WIDTHS, blocks), start=1):
+        in_channels = widths[0]
+        for number, (width, count) in enumerate(zip(widths, blocks), start=1):
             layers = []
             for index in range(count):
                 stride = 2 if index == 0 and number > 1 else 1

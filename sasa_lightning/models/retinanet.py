@@ -21,6 +21,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -28,7 +29,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from ..nn import LocalSelfAttention2d
 from .resnet import ResNet
 
-FPN_CHANNELS = 256
+FPN_CHANNELS = 256  # the paper's d_out for the FPN and heads
+ANCHOR_SIZE = 32  # RetinaNet's anchor side at P3, doubled at each level up to P7
 LAYER_CHOICES = ("conv", "attention")
 ATTENTION = dict(kernel_size=7, heads=8)
 
@@ -39,48 +41,57 @@ def _check(name: str, value: str) -> None:
 
 
 class ResNetFPN(nn.Module):
-    """C3-C5 of a ResNet, then an FPN with P3-P7 of 256 channels each (an OrderedDict, as torchvision's)."""
+    """C3-C5 of a ResNet, then an FPN with P3-P7 of `channels` each (an OrderedDict, as torchvision's)."""
 
-    def __init__(self, body: ResNet, fpn: str = "conv", **attention) -> None:
+    def __init__(self, body: ResNet, fpn: str = "conv", channels: int = FPN_CHANNELS, **attention) -> None:
         super().__init__()
         _check("fpn", fpn)
         body.fc = nn.Identity()  # the classifier's head is not part of a detector
         self.body = body
         widths = [stage[-1].conv3.out_channels for stage in body.stages][1:]
-        self.fpn = FeaturePyramidNetwork(widths, FPN_CHANNELS, extra_blocks=LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS))
+        self.fpn = FeaturePyramidNetwork(widths, channels, extra_blocks=LastLevelP6P7(channels, channels))
         if fpn == "attention":
             options = {**ATTENTION, **attention}
             for index in range(len(self.fpn.layer_blocks)):
-                self.fpn.layer_blocks[index] = LocalSelfAttention2d(FPN_CHANNELS, FPN_CHANNELS, **options)
+                self.fpn.layer_blocks[index] = LocalSelfAttention2d(channels, channels, **options)
             extra = self.fpn.extra_blocks
-            extra.p6 = LocalSelfAttention2d(FPN_CHANNELS, FPN_CHANNELS, stride=2, **options)
-            extra.p7 = LocalSelfAttention2d(FPN_CHANNELS, FPN_CHANNELS, stride=2, **options)
-        self.out_channels = FPN_CHANNELS
+            extra.p6 = LocalSelfAttention2d(channels, channels, stride=2, **options)
+            extra.p7 = LocalSelfAttention2d(channels, channels, stride=2, **options)
+        self.out_channels = channels
 
     def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
         c3, c4, c5 = self.body.forward_features(images)[1:]
         return self.fpn(OrderedDict([("c3", c3), ("c4", c4), ("c5", c5)]))
 
 
-def attention_tower(depth: int = 4, **attention) -> nn.Sequential:
-    """`depth` attention layers with ReLU, values from N(0, 0.01), then a pointwise conv mixing the heads."""
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The heads' optional norm (RetinaNet v2, FCOS): 32 groups, or fewer for narrow heads."""
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+def attention_tower(channels: int = FPN_CHANNELS, depth: int = 4, norm: bool = False, **attention) -> nn.Sequential:
+    """`depth` attention layers with ReLU (and GroupNorm with norm), values from N(0, 0.01), then a
+    pointwise conv mixing the heads."""
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layer = LocalSelfAttention2d(FPN_CHANNELS, FPN_CHANNELS, **{**ATTENTION, **attention})
+        layer = LocalSelfAttention2d(channels, channels, **{**ATTENTION, **attention})
         nn.init.normal_(layer.value, std=0.01)
-        layers += [layer, nn.ReLU(inplace=True)]
-    mix = nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, 1)
+        layers += [layer, *([group_norm(channels)] if norm else []), nn.ReLU(inplace=True)]
+    mix = nn.Conv2d(channels, channels, 1)
     nn.init.normal_(mix.weight, std=0.01)
     nn.init.zeros_(mix.bias)
     return nn.Sequential(*layers, mix, nn.ReLU(inplace=True))
 
 
-def retinanet_head(num_anchors: int, num_classes: int, heads: str = "conv", **attention) -> RetinaNetHead:
+def retinanet_head(num_anchors: int, num_classes: int, heads: str = "conv", channels: int = FPN_CHANNELS,
+                   norm: bool = False, **attention) -> RetinaNetHead:
+    """Shared class and box heads; with norm, GroupNorm follows each layer of the towers (the
+    paper's RetinaNet has none; with it a small detector learns much faster from scratch)."""
     _check("heads", heads)
-    head = RetinaNetHead(FPN_CHANNELS, num_anchors, num_classes)
+    head = RetinaNetHead(channels, num_anchors, num_classes, norm_layer=group_norm if norm else None)
     if heads == "attention":
-        head.classification_head.conv = attention_tower(**attention)
-        head.regression_head.conv = attention_tower(**attention)
+        head.classification_head.conv = attention_tower(channels, norm=norm, **attention)
+        head.regression_head.conv = attention_tower(channels, norm=norm, **attention)
     return head
 
 
@@ -96,6 +107,20 @@ class DenseDetectorCore(nn.Module):
         return self.head(list(self.backbone(images).values()))
 
 
+class JitteredInputTransform(GeneralizedRCNNTransform):
+    """torchvision's normalise-resize-pad, without the resize in training.
+
+    Training images come from the data module already jittered in scale and cropped to at most
+    max_size a side (paper A.3); torchvision's resize would scale every one back to max_size and
+    undo the jitter. Evaluation images are resized so that their longer side is max_size.
+    """
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
+        if self.training:
+            return image, target
+        return super().resize(image, target)
+
+
 def retinanet(
     body: ResNet,
     num_classes: int = 80,
@@ -104,14 +129,26 @@ def retinanet(
     min_size: int = 640,
     max_size: int = 640,
     backend: str = "auto",
+    channels: int = FPN_CHANNELS,
+    anchor_size: int = ANCHOR_SIZE,
+    kernel_size: int = ATTENTION["kernel_size"],
+    head_norm: bool = False,
     **detector_options,
 ) -> RetinaNet:
-    """torchvision's RetinaNet (3 scales x 3 ratios per level, sizes 32-512) around `body`."""
-    attention = {"backend": backend}
-    backbone = ResNetFPN(body, fpn, **attention)
-    sizes = tuple((size, int(size * 2 ** (1 / 3)), int(size * 2 ** (2 / 3))) for size in (32, 64, 128, 256, 512))
+    """torchvision's RetinaNet around `body`: 3 scales x 3 ratios per level, sides anchor_size (P3)
+    to 16 x anchor_size (P7). channels and kernel_size are those of the FPN and heads; head_norm
+    adds GroupNorm to the head towers."""
+    attention = {"backend": backend, "kernel_size": kernel_size}
+    backbone = ResNetFPN(body, fpn, channels, **attention)
+    levels = tuple(anchor_size * 2**level for level in range(5))
+    sizes = tuple((size, int(size * 2 ** (1 / 3)), int(size * 2 ** (2 / 3))) for size in levels)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    head = retinanet_head(anchors.num_anchors_per_location()[0], num_classes, heads, **attention)
-    return RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size, anchor_generator=anchors, head=head,
-                     **detector_options)
+    head = retinanet_head(anchors.num_anchors_per_location()[0], num_classes, heads, channels, head_norm,
+                          **attention)
+    detector = RetinaNet(backbone, num_classes, min_size=min_size, max_size=max_size, anchor_generator=anchors, head=head,
+                         **detector_options)
+    transform = detector.transform
+    detector.transform = JitteredInputTransform(transform.min_size, transform.max_size, transform.image_mean,
+                                                transform.image_std, fixed_size=transform.fixed_size)
+    return detector
 
