@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
@@ -41,40 +44,96 @@ class LineProgress(L.Callback):
         )
 
     @rank_zero_only
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # After the tasks' own epoch-end hooks: the detector computes its mAP there.
         if not self.enabled or trainer.sanity_checking:
             return
-        metrics = trainer.callback_metrics
         print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done  "
-            f"{_format(metrics, ('train/loss_epoch', 'val/loss', 'val/acc1', 'val/acc5'))}",
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated  "
+            f"{_format(trainer.callback_metrics, ('val/loss', 'val/acc1', 'val/acc5', 'val/map', 'val/map_50'))}",
             file=self.stream,
             flush=True,
         )
 
 
-class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
-    """`sasa predict` writes <default_root_dir>/predictions.pt: each output key, concatenated over batches.
-
-    For the classifier: 'classes' and 'probabilities', the top-5 per image, in data order.
-    Written under a temporary name and renamed, so it is either complete or absent.
-    """
+class Throughput(L.Callback):
+    """Logs train/images_per_s over whole steps, data loading included: from one batch start to the next."""
 
     def __init__(self) -> None:
+        self._last_batch_start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_start is not None and batch_idx > 0:
+            images = len(batch[0]) * trainer.world_size  # a tensor's first dimension, or a detector's list of images
+            pl_module.log("train/images_per_s", images / (now - self._last_batch_start), on_step=True, on_epoch=False)
+        self._last_batch_start = now
+
+
+class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
+    """`sasa predict` writes its outputs to <default_root_dir>; under DDP each process adds _rank<N>.
+
+    Classifier: predictions.pt, each output key concatenated over batches ('classes' and
+    'probabilities', the top-5 per image, in data order).
+    Detector: detections.json in COCO's result format (image_id, category_id, bbox as
+    [x, y, width, height], score), images.json (each image's id and file), and with draw,
+    drawn/<image>.png showing the detections that score at least draw_threshold.
+    Every file is written under a temporary name and renamed, so it is either complete or absent.
+    """
+
+    def __init__(self, draw: bool = False, draw_threshold: float = 0.3) -> None:
         super().__init__(write_interval="epoch")
+        if not 0 <= draw_threshold <= 1:
+            raise ValueError(f"draw_threshold is a score between 0 and 1, got {draw_threshold}")
+        self.draw, self.draw_threshold = draw, draw_threshold
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        import os
+        # With several predict dataloaders, their outputs are concatenated in order.
+        batches = [b for loader in predictions for b in loader] if trainer.predict_loop.num_dataloaders > 1 else predictions
+        suffix = "" if trainer.world_size == 1 else f"_rank{trainer.global_rank}"
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        if batches and isinstance(batches[0], dict):
+            self._write_tensors(batches, root / f"predictions{suffix}.pt")
+        elif batches and isinstance(batches[0], list):
+            self._write_detections([record for batch in batches for record in batch], root, suffix)
 
+    @staticmethod
+    def _write_tensors(batches: list[dict], out: Path) -> None:
         import torch
 
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        if not batches or not isinstance(batches[0], dict):
-            return
         merged = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
-        suffix = "" if trainer.world_size == 1 else f"_rank{trainer.global_rank}"
-        out = os.path.join(trainer.default_root_dir, f"predictions{suffix}.pt")
-        os.makedirs(trainer.default_root_dir, exist_ok=True)
-        torch.save(merged, out + ".partial")
-        os.replace(out + ".partial", out)
+        atomic_write(out, lambda path: torch.save(merged, path))
         print(f"wrote {out} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in merged.items())})", flush=True)
+
+    def _write_detections(self, records: list[dict], root: Path, suffix: str) -> None:
+        results = [
+            {"image_id": record["image_id"], "category_id": category, "score": round(float(score), 5),
+             "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)]}
+            for record in records
+            for (x1, y1, x2, y2), score, category in zip(record["boxes"].tolist(), record["scores"], record["category_ids"])
+        ]
+        images = [{"id": record["image_id"], "file_name": record["file_name"]} for record in records]
+        for name, content in ((f"detections{suffix}.json", results), (f"images{suffix}.json", images)):
+            atomic_write(root / name, lambda path: path.write_text(json.dumps(content)))
+        print(f"wrote {root / f'detections{suffix}.json'} ({len(results)} detections in {len(images)} images)", flush=True)
+        if self.draw:
+            from .draw import draw_detections
+
+            folder = root / "drawn"
+            folder.mkdir(exist_ok=True)
+            for record in records:
+                keep = record["scores"] >= self.draw_threshold
+                kept = [i for i, k in enumerate(keep.tolist()) if k]
+                labels = [f"{record['category_names'][i]} {float(record['scores'][i]):.2f}" for i in kept]
+                categories = [record["category_ids"][i] for i in kept]
+                out = folder / f"{Path(record['file_name']).stem}.png"
+                atomic_write(out, lambda path: draw_detections(record["path"], record["boxes"][keep], labels, categories, path))
+            print(f"drew {len(records)} images in {folder} (detections scoring at least {self.draw_threshold})", flush=True)
+
+
+def atomic_write(out: Path, write) -> None:
+    """write(temporary path), then rename it to out: a reader sees the whole file or none."""
+    partial = out.with_name(f".{out.name}.partial")
+    write(partial)
+    os.replace(partial, out)

@@ -20,24 +20,32 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from .callbacks import LineProgress, PredictionWriter
+from .callbacks import LineProgress, PredictionWriter, Throughput
 from .checkpoint_io import AtomicCheckpointIO
 from .distributed.preemption import Preemption
+
+
+DEFAULT_METRIC = "val/acc1"  # the best checkpoint's, unless the task names its own checkpoint_metric
 
 
 def default_callbacks() -> list[L.Callback]:
     """Always present (LightningCLI's persistent callbacks); configs may add more.
 
-    Two checkpoint callbacks: the best by val/acc1, and last.ckpt rewritten after every epoch
-    (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau it would
-    leave last.ckpt behind). Preemption turns SIGUSR1 into last-preempted.ckpt (and a SLURM
-    requeue).
+    Two checkpoint callbacks: the best by the task's checkpoint_metric (set once the model is
+    known), and last.ckpt rewritten after every epoch (ModelCheckpoint's own save_last only
+    follows its top-k saves, so on a plateau it would leave last.ckpt behind). Preemption turns
+    SIGUSR1 into last-preempted.ckpt (and a SLURM requeue). The prediction writer is configured
+    under --predictions (see add_arguments_to_parser).
     """
-    best = ModelCheckpoint(
-        monitor="val/acc1", mode="max", filename="best-epoch{epoch:03d}-acc{val/acc1:.4f}", auto_insert_metric_name=False
-    )
+    best = ModelCheckpoint(monitor=DEFAULT_METRIC, mode="max", auto_insert_metric_name=False)
     last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
-    return [best, last, LearningRateMonitor(), LineProgress(), PredictionWriter(), Preemption()]
+    return [best, last, LearningRateMonitor(), LineProgress(), Throughput(), Preemption()]
+
+
+def follow_metric(best: ModelCheckpoint, metric: str) -> None:
+    """Point the best-checkpoint callback at `metric` (higher is better), named in its file names."""
+    best.monitor = metric
+    best.filename = f"best-epoch{{epoch:03d}}-{metric.split('/')[-1]}_{{{metric}:.4f}}"
 
 
 def default_loggers(root: str) -> list:
@@ -73,6 +81,8 @@ class SasaCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        # `sasa predict ... --predictions.draw true`
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
@@ -86,9 +96,12 @@ class SasaCLI(LightningCLI):
             SLURMEnvironment().validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # DeepSpeed writes its own directories
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        metric = getattr(self.model, "checkpoint_metric", DEFAULT_METRIC)
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.run_root, "checkpoints")
+            if callback.monitor == DEFAULT_METRIC and callback.filename is None:
+                follow_metric(callback, metric)
         return trainer
 
     def before_fit(self) -> None:
@@ -102,9 +115,11 @@ class SasaCLI(LightningCLI):
         checkpoint = trainer.checkpoint_callback
         configs = " ".join(f"--config {c}" for c in (self.config.get("fit", {}).get("config") or []))
         lines = [f"training time {seconds:.0f} s ({trainer.current_epoch} epochs, {trainer.global_step} steps)"]
-        if "val/acc1" in metrics:
-            best = f" (best {float(checkpoint.best_model_score):.4f})" if checkpoint and checkpoint.best_model_score is not None else ""
-            lines.append(f"validation accuracy {float(metrics['val/acc1']):.4f}{best}")
+        for metric, what in (("val/acc1", "validation accuracy"), ("val/map", "validation mAP"), ("val/map_50", "mAP@0.5")):
+            if metric not in metrics:
+                continue
+            best = checkpoint.best_model_score if checkpoint and checkpoint.monitor == metric else None
+            lines.append(f"{what} {float(metrics[metric]):.4f}" + (f" (best {float(best):.4f})" if best is not None else ""))
         if checkpoint is not None:
             lines.append(f"checkpoints in {checkpoint.dirpath} (last.ckpt, best: {os.path.basename(checkpoint.best_model_path)})")
         if trainer.logger is not None:

@@ -131,3 +131,40 @@ class CocoDetection(Dataset):
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image.float() / 255, target
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageFiles(Dataset):
+    """(image, info) pairs for prediction: a float CHW image in [0, 1] and its image_id, file_name and path.
+
+    `images` are (image_id, path) pairs; `image_files(folder)` lists a folder's.
+    """
+
+    def __init__(self, images: list[tuple[int, Path]]) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int):
+        from torchvision.io import ImageReadMode, decode_image
+
+        image_id, path = self.images[item]
+        image = decode_image(str(path), mode=ImageReadMode.RGB)
+        return image.float() / 255, {"image_id": image_id, "file_name": path.name, "path": str(path)}
+
+
+def image_files(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The folder's images in name order, with ids: the file names' numbers where every name is one
+    (COCO's 000000397133.jpg is image 397133, so results match its annotations), else 1..N."""
+    folder = Path(folder)
+    require_path(folder, "image folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise DataError(f"image folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    numbers = [int(p.stem) if p.stem.isdigit() else None for p in paths]
+    if None in numbers or len(set(numbers)) != len(numbers):
+        numbers = list(range(1, len(paths) + 1))
+    return list(zip(numbers, paths))

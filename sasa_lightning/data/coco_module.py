@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .coco import CocoDetection, load_coco
+from .coco import CocoDetection, ImageFiles, image_files, load_coco
 from .epoch_loader import EpochLoader, batches_done, replicas
 from .errors import DataError
 
@@ -84,7 +84,8 @@ class COCODetectionData(L.LightningDataModule):
     Batch size is per device. Training: ScaleJitter by scale_range around max_size, a random crop
     of at most max_size per side, horizontal flip with probability flip, batches grouped by
     orientation. Validation: the images as they are (the detector resizes them), each counted
-    once across processes.
+    once across processes. Prediction: the images of predict_dir, or else of the validation split
+    (with its image ids, so the results can be scored against its annotations).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class COCODetectionData(L.LightningDataModule):
         scale_range: Sequence[float] = (0.8, 1.2),
         flip: float = 0.5,
         seed: int = 0,
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -105,6 +107,7 @@ class COCODetectionData(L.LightningDataModule):
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.max_size, self.scale_range, self.flip = max_size, tuple(scale_range), flip
+        self.predict_dir = predict_dir
         self.val_index = self._load(val_split)
         self.num_classes = len(self.val_index.category_ids)
         self.category_ids, self.category_names = self.val_index.category_ids, self.val_index.category_names
@@ -114,6 +117,9 @@ class COCODetectionData(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.val_set = CocoDetection(self.val_index)
+        if stage == "predict":
+            found = image_files(self.predict_dir) if self.predict_dir else [(i.id, i.path) for i in self.val_index.images]
+            self.predict_set = ImageFiles(found)
         if stage == "fit":
             train_index = self._load(self.train_split)
             if train_index.category_ids != self.category_ids:
@@ -139,11 +145,17 @@ class COCODetectionData(L.LightningDataModule):
 
         return EpochLoader(batches, len(grouped), self.batch_size, start=lambda: batches_done(self.trainer))
 
-    def val_dataloader(self) -> DataLoader:
+    def _each_image_once(self, dataset) -> DataLoader:
         world_size, rank = replicas(self.trainer)
-        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(self.val_set, batch_size=self.batch_size, sampler=sampler, num_workers=self._workers(),
+        sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self._workers(),
                           collate_fn=collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._each_image_once(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._each_image_once(self.predict_set)

@@ -1,7 +1,8 @@
 """LightningModules: the training tasks."""
 
 from .classification import ImageClassifier
+from .detection import ObjectDetector
 from .ema import EMA
 from .weights import CheckpointError
 
-__all__ = ["CheckpointError", "EMA", "ImageClassifier"]
+__all__ = ["CheckpointError", "EMA", "ImageClassifier", "ObjectDetector"]

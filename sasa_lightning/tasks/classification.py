@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
 from .ema import EMA
-from .optim import parameter_groups, scaled_learning_rate, warmup_cosine
+from .train_means import TrainMeans
+from .optim import global_batch_size, scaled_learning_rate, sgd_warmup_cosine
 from .weights import load_for_finetuning
 
 
@@ -67,16 +65,7 @@ class ImageClassifier(L.LightningModule):
                 for name, k in (("acc1", 1), ("acc5", top_k))
             }
         )
-        # Epoch means of the training loss and accuracy whose running sums are saved in checkpoints,
-        # so a run resumed mid-epoch (preemption) still reports the whole epoch's means. They
-        # average values already averaged over the processes, so every process holds the same
-        # sums and the one checkpoint (rank 0's) restores them all.
-        self.train_means = torch.nn.ModuleDict(
-            {name: MeanMetric(sync_on_compute=False) for name in ("loss", "acc1")}
-        )
-        for mean in self.train_means.values():
-            mean.persistent(True)
-        self._last_batch_start: float | None = None
+        self.train_means = TrainMeans(("loss", "acc1"))
 
     @property
     def inference_model(self) -> torch.nn.Module:
@@ -90,24 +79,12 @@ class ImageClassifier(L.LightningModule):
         logits = self.model(images.to(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         accuracy = (logits.argmax(1) == labels).float().mean()
-        step_means = self.trainer.strategy.reduce(torch.stack([loss.detach(), accuracy]), reduce_op="mean")
-        for name, value in zip(("loss", "acc1"), step_means):
-            self.train_means[name](value)
-            self.log(f"train/{name}", self.train_means[name], prog_bar=True, on_step=True, on_epoch=True)
+        self.train_means.log(self, {"loss": loss, "acc1": accuracy}, prog_bar=("loss", "acc1"))
         return loss
 
     def on_train_epoch_start(self) -> None:
         # Not called when a run resumes mid-epoch: the restored sums carry on.
-        for mean in self.train_means.values():
-            mean.reset()
-
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        # Images per second over the whole step, data loading included: from one batch start to the next.
-        now = time.perf_counter()
-        if self._last_batch_start is not None and batch_idx > 0:
-            images = batch[0].shape[0] * self.trainer.world_size
-            self.log("train/images_per_s", images / (now - self._last_batch_start), on_step=True, on_epoch=False)
-        self._last_batch_start = now
+        self.train_means.reset()
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -135,33 +112,7 @@ class ImageClassifier(L.LightningModule):
         top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
         return {"classes": top.indices, "probabilities": top.values}
 
-    def global_batch_size(self) -> int:
-        per_device = getattr(self.trainer.datamodule, "batch_size", None)
-        if per_device is None:
-            raise ValueError("the data module must have a batch_size attribute (images per device) to scale the learning rate")
-        return per_device * self.trainer.world_size * self.trainer.accumulate_grad_batches
-
-    def schedule_steps(self) -> tuple[int, int]:
-        """(warm-up steps, total steps) of the LR schedule.
-
-        The schedule spans trainer.max_epochs (the recipe's length) even when max_steps stops a
-        run earlier, so an interrupted run and its resumption follow one schedule.
-        """
-        trainer = self.trainer
-        estimated = int(trainer.estimated_stepping_batches)  # loads the train data: num_training_batches is known after
-        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        epochs = trainer.max_epochs
-        total = steps_per_epoch * epochs if epochs is not None and epochs >= 0 else estimated
-        return round(self.hparams.warmup_epochs * steps_per_epoch), total
-
     def configure_optimizers(self):
-        lr = scaled_learning_rate(self.hparams.lr_per_256, self.global_batch_size())
-        optimizer = torch.optim.SGD(
-            parameter_groups(self.model, self.hparams.weight_decay),
-            lr=lr,
-            momentum=self.hparams.momentum,
-            nesterov=self.hparams.nesterov,
-        )
-        warmup_steps, total_steps = self.schedule_steps()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        hp = self.hparams
+        lr = scaled_learning_rate(hp.lr_per_256, global_batch_size(self.trainer))
+        return sgd_warmup_cosine(self.model, self.trainer, lr, hp.momentum, hp.nesterov, hp.weight_decay, hp.warmup_epochs)

@@ -91,3 +91,30 @@ def load_for_finetuning(model: nn.Module, path: str | os.PathLike, head_prefixes
             report.missing.append(key)
     report.unexpected = sorted(k for k in weights if k not in ours)
     return report
+
+
+def load_backbone(body: nn.Module, path: str | os.PathLike) -> LoadReport:
+    """Load a classifier checkpoint's weights into a detector's backbone body.
+
+    The classifier's head (and anything else the body lacks) is reported as unexpected, and body
+    tensors the checkpoint lacks as missing (they keep their initialisation). A tensor of another
+    shape, or a checkpoint sharing no tensor with the body, is another architecture, and refused.
+    """
+    checkpoint = read_checkpoint(path)
+    weights = inference_weights(checkpoint)
+    ours = body.state_dict()
+    shared = [k for k in ours if k in weights]
+    mismatched = [k for k in shared if weights[k].shape != ours[k].shape]
+    if mismatched or not shared:
+        trained = checkpoint.get("hyper_parameters", {}).get("model")
+        origin = f" (it holds a {trained})" if trained else ""
+        detail = (f"{len(mismatched)} tensors differ in shape, e.g. {mismatched[0]}: {tuple(weights[mismatched[0]].shape)} "
+                  f"vs ours {tuple(ours[mismatched[0]].shape)}" if mismatched else "no tensor names in common")
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the detector's backbone{origin}: {detail}")
+    for key in shared:
+        ours[key].copy_(weights[key])
+    return LoadReport(
+        loaded=len(shared),
+        missing=sorted(k for k in ours if k not in weights),
+        unexpected=sorted(k for k in weights if k not in ours),
+    )
