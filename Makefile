@@ -20,7 +20,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: install system-packages slurm-packages demo test bench clean
+.PHONY: install system-packages slurm-packages demo demo-detection test bench clean
 
 install: system-packages $(INSTALLED)
 
@@ -39,6 +39,13 @@ $(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
 
 demo: install
 	$(VENV)/bin/sasa fit --config configs/demo/digits.yaml
+
+# The detection demo: write the shapes data (once), train, then draw the validation predictions.
+demo-detection: install
+	[ -d data/shapes ] || $(VENV)/bin/sasa data make-shapes --out data/shapes
+	$(VENV)/bin/sasa fit --config configs/demo/shapes_retinanet.yaml
+	$(VENV)/bin/sasa predict --config configs/demo/shapes_retinanet.yaml \
+		--ckpt_path runs/shapes/checkpoints/last.ckpt --predictions.draw true
 
 test: install slurm-packages
 	$(PYTHON) -m pytest

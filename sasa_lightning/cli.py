@@ -84,7 +84,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     digits.add_argument("--cache-dir", default=None, help="default: $SASA_CACHE or ~/.cache/sasa-lightning")
     shapes = data.add_parser("make-shapes", help="write the built-in detection data (COCO layout: JPEGs + JSON)")
     shapes.add_argument("--out", required=True, help="the folder to write (replaced if it exists)")
-    shapes.add_argument("--train", type=int, default=800, help="training images (default 800)")
+    shapes.add_argument("--train", type=int, default=2000, help="training images (default 2000)")
     shapes.add_argument("--val", type=int, default=200, help="validation images (default 200)")
     shapes.add_argument("--image-size", type=int, default=128)
     shapes.add_argument("--seed", type=int, default=0)

@@ -69,7 +69,7 @@ def _write_split(folder: Path, annotations: Path, images: int, size: int, rng: n
     annotations.write_text(json.dumps(coco))
 
 
-def make_shapes(root: str | os.PathLike, train_images: int = 800, val_images: int = 200, image_size: int = 128,
+def make_shapes(root: str | os.PathLike, train_images: int = 2000, val_images: int = 200, image_size: int = 128,
                 seed: int = 0) -> Path:
     """Write the data set under `root` (replacing it); a temporary folder is renamed at the end."""
     if train_images < 1 or val_images < 1:
