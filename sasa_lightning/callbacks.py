@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+
+from .atomic import atomic_write
 
 
 def _format(metrics: dict, keys) -> str:
@@ -123,17 +124,9 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
             folder = root / "drawn"
             folder.mkdir(exist_ok=True)
             for record in records:
-                keep = record["scores"] >= self.draw_threshold
-                kept = [i for i, k in enumerate(keep.tolist()) if k]
+                kept = [i for i, score in enumerate(record["scores"].tolist()) if score >= self.draw_threshold]
                 labels = [f"{record['category_names'][i]} {float(record['scores'][i]):.2f}" for i in kept]
                 categories = [record["category_ids"][i] for i in kept]
                 out = folder / f"{Path(record['file_name']).stem}.png"
-                atomic_write(out, lambda path: draw_detections(record["path"], record["boxes"][keep], labels, categories, path))
+                atomic_write(out, lambda path: draw_detections(record["path"], record["boxes"][kept], labels, categories, path))
             print(f"drew {len(records)} images in {folder} (detections scoring at least {self.draw_threshold})", flush=True)
-
-
-def atomic_write(out: Path, write) -> None:
-    """write(temporary path), then rename it to out: a reader sees the whole file or none."""
-    partial = out.with_name(f".{out.name}.partial")
-    write(partial)
-    os.replace(partial, out)

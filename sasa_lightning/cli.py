@@ -89,7 +89,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     shapes.add_argument("--image-size", type=int, default=128)
     shapes.add_argument("--seed", type=int, default=0)
 
-    plot = commands.add_parser("plot", help="loss and accuracy curves of a run as a PNG")
+    plot = commands.add_parser("plot", help="loss and accuracy (or mAP) curves of a run as a PNG")
     plot.add_argument("log_dir", help="a run's log folder holding metrics.csv, e.g. runs/digits/logs/version_0")
     plot.add_argument("--out", default=None, help="default: <log_dir>/curves.png")
 
@@ -143,8 +143,10 @@ def _run_trainer(argv: list[str]) -> int:
     try:
         SasaCLI(args=argv)
     except Preempted as stop:
-        # Not a failure: the state is saved and (under SLURM) the job is already queued again.
-        print(f"sasa: {stop}", file=sys.stderr, flush=True)
+        # Not a failure: the state is saved and (under SLURM) the job is already queued again,
+        # which rank 0 has reported before the requeue could end it.
+        if not stop.requeued:
+            print(f"sasa: {stop}", file=sys.stderr, flush=True)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`sasa plot`: loss and accuracy curves from a run's CSV log, as a PNG."""
+"""`sasa plot`: loss and accuracy (or detection mAP) curves from a run's CSV log, as a PNG."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import os
 from pathlib import Path
 
+from .atomic import atomic_write
 from .data.errors import DataError
 
 
@@ -34,7 +35,7 @@ def plot_run(log_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for axis, names, title in (
         (loss_axis, ("train/loss_step", "train/loss_epoch", "val/loss"), "loss"),
-        (accuracy_axis, ("train/acc1_epoch", "val/acc1", "val/acc5"), "accuracy"),
+        (accuracy_axis, ("train/acc1_epoch", "val/acc1", "val/acc5", "val/map", "val/map_50"), "accuracy / mAP"),
     ):
         for name in names:
             if name in series:
@@ -45,8 +46,6 @@ def plot_run(log_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    partial = out.with_name(f".{out.name}.partial.png")
-    figure.savefig(partial, dpi=100)
+    atomic_write(out, lambda partial: figure.savefig(partial, dpi=100))
     plt.close(figure)
-    os.replace(partial, out)
     return out

@@ -126,7 +126,7 @@ def test_predict_writes_coco_results_and_drawings(trained, shapes):
     assert len(drawn) == len(images)
     with Image.open(drawn[0]) as picture:
         assert picture.size == (384, 384)  # 64x64 enlarged so that labels are readable
-    assert not list(out.glob(".*partial"))
+    assert not list(out.rglob(".*partial*"))
 
     # Any folder of images: names that are not numbers get ids 1..N, listed in images.json.
     folder = out / "mine"

@@ -170,7 +170,7 @@ def test_preempted_job_requeues_resumes_and_matches_the_uninterrupted_run(cluste
     assert cluster.wait(job) == "COMPLETED", cluster.log(job)[-3000:]
 
     log = cluster.log(job)
-    assert "requeued" in log and "(restart 1)" in log
+    assert f"requeueing SLURM job {job}; it resumes from there" in log and "(restart 1)" in log
     assert f"Restored all states from the checkpoint at {run / 'checkpoints' / 'last-preempted.ckpt'}" in log
     assert 0 < preempted["global_step"] < 4 * 22
     reference, resumed = weights(uninterrupted[0] / "checkpoints" / "last.ckpt"), weights(run / "checkpoints" / "last.ckpt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..atomic import atomic_write
 from .errors import DataError, require_path
 from .image_folder import open_image_folder
 
@@ -33,15 +34,9 @@ def write_ffcv(
     dataset = open_image_folder(src)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
     fields = {
         "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=jpeg_quality),
         "label": IntField(),
     }
-    try:
-        writer = DatasetWriter(str(partial), fields, num_workers=num_workers or os.cpu_count() or 1)
-        writer.from_indexed_dataset(dataset)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
+    workers = num_workers or os.cpu_count() or 1
+    return atomic_write(out, lambda partial: DatasetWriter(str(partial), fields, num_workers=workers).from_indexed_dataset(dataset))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -28,7 +29,7 @@ class Preempted(Exception):
 
     def __init__(self, checkpoint: str, requeued: str | None) -> None:
         self.checkpoint, self.requeued = checkpoint, requeued
-        then = f"SLURM job {requeued} requeued; it resumes from there" if requeued else "resume with --ckpt_path last"
+        then = f"requeueing SLURM job {requeued}; it resumes from there" if requeued else "resume with --ckpt_path last"
         super().__init__(f"preempted: saved {checkpoint}; {then}")
 
 
@@ -94,13 +95,16 @@ class Preemption(L.Callback):
         trainer.save_checkpoint(path)
         trainer.strategy.barrier("preemption checkpoint")
         job = slurm_job_id() if SLURMEnvironment.detect() else None
+        stop = Preempted(path, job)
         if job:
             # After the requeue the scheduler terminates the job; its SIGTERM may now simply end
             # every rank (Lightning's handler would try a collective with ranks already gone).
+            # That can come before any rank exits, so rank 0 says what happened first.
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if trainer.is_global_zero:
+                print(f"sasa: {stop}", file=sys.stderr, flush=True)
                 requeue(job)
-        raise Preempted(path, job)
+        raise stop
 
     @staticmethod
     def _directory(trainer: L.Trainer) -> str:
