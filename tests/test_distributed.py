@@ -23,9 +23,9 @@ QUICK = [
 ]
 
 
-def sasa(*args, cache, timeout=600):
+def sasa(*args, cache, timeout=600, **env_vars):
     """Run the real command (Lightning's DDP launcher re-executes it for every extra process)."""
-    env = dict(os.environ, SASA_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, SASA_CACHE=str(cache), PYTHONUNBUFFERED="1", **env_vars)
     result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", *args], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -69,7 +69,11 @@ def test_deepspeed_zero2_trains_resumes_and_its_export_evaluates_the_same(tmp_pa
     zero2 = ["--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/deepspeed_zero2.yaml"),
              "--trainer.default_root_dir", str(run)]
     sasa("fit", *QUICK, *zero2, cache=tmp_path / "cache")
-    result = sasa("fit", *QUICK, *zero2, "--trainer.max_epochs", "2", "--ckpt_path", "last", cache=tmp_path / "cache")
+    # DeepSpeed leaves each process its own batch-norm statistics; validation must use rank 0's.
+    probe = ["--trainer.callbacks+=buffer_probe.BufferProbe"]
+    result = sasa("fit", *QUICK, *zero2, *probe, "--trainer.max_epochs", "2", "--ckpt_path", "last",
+                  cache=tmp_path / "cache", PYTHONPATH=str(ROOT / "tests"))
+    assert (run / "buffers_step6_rank0.txt").read_text() == (run / "buffers_step6_rank1.txt").read_text()
     assert "Restored all states from the checkpoint" in result.stdout + result.stderr
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert checkpoint.is_dir(), result.stdout[-2000:]  # DeepSpeed writes a directory of shards

@@ -4,6 +4,11 @@ On CUDA this is Lightning's DeepSpeedStrategy with contiguous parameters. Lightn
 accelerator, but DeepSpeed itself trains on CPU with its CPU accelerator (it picks gloo by
 itself): on CPU this class skips Lightning's CUDA check and GPU-index validation and places each
 process on the CPU.
+
+Unlike DDP, DeepSpeed never broadcasts buffers after its start, so each process's batch-norm
+statistics (and their EMA) drift apart with its own batches. Evaluation during training first
+gives every process rank 0's buffers, as DDP does before each forward: the processes then score
+their shares with one model, the one the checkpoint holds.
 """
 
 from __future__ import annotations
@@ -97,6 +102,19 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
             if param.dim() and param.data.stride(-1) != 1:
                 param.data = param.data.clone(memory_format=torch.contiguous_format)
         super().setup(trainer)
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._broadcast_buffers()
+
+    def on_test_start(self) -> None:
+        super().on_test_start()
+        self._broadcast_buffers()
+
+    def _broadcast_buffers(self) -> None:
+        if self.world_size > 1:
+            for buffer in self.lightning_module.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def _on_cpu(self) -> bool:
         return isinstance(self.accelerator, CPUAccelerator)
