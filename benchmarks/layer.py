@@ -28,7 +28,7 @@ from report import write_report
 SHAPES = [(16, 64, 56, 56), (16, 256, 14, 14)]
 QUICK_SHAPES = [(2, 32, 16, 16)]
 KERNEL_SIZE, HEADS = 7, 8
-VARIANTS = ["conv3x3", "conv3x3_channels_last", "sasa_chunked", "sasa_reference", "public_unfold"]
+VARIANTS = ["conv3x3", "conv3x3_channels_last", "sasa_cpu", "sasa_chunked", "sasa_reference", "public_unfold"]
 RESULTS = Path(__file__).parent / "results"
 
 

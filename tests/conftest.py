@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sasa_lightning.nn.backends import chunked
+from sasa_lightning.nn.backends import chunked, cpu
 
 
 @pytest.fixture(autouse=True)
@@ -11,8 +11,10 @@ def _seed():
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Force the chunked backend to cut even tiny inputs into many tiles (rows and images)."""
+    """Force the chunked backend to cut even tiny inputs into many tiles (rows and images), and
+    the cpu backend's layer to take one image at a time."""
     monkeypatch.setattr(chunked, "TILE_ELEMENTS", 200)
+    monkeypatch.setattr(cpu, "CHUNK_ELEMENTS", 200)
 
 
 

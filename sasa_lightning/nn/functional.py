@@ -8,23 +8,46 @@ column-offset embedding, each half of a head's channels.
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from types import ModuleType
 
 from torch import Tensor
 
-from .backends import BACKENDS
+from .backends import BACKENDS, cpu
 
 PADDING_MODES = ("zeros", "mask")
 BACKEND_NAMES = ("auto", *BACKENDS)
 
 
+# Overrides every layer's "auto", e.g. to compare backends without editing a config.
+BACKEND_ENV = "SASA_ATTENTION_BACKEND"
+
+
 def resolve_backend(backend: str, device_type: str) -> ModuleType:
-    """The backend module for a name; "auto" is the chunked backend on every device for now."""
+    """The backend module for a name. "auto" (or the SASA_ATTENTION_BACKEND variable, which
+    overrides it) is the C++ kernel on CPU, falling back to chunked with a warning where it
+    cannot be built, and chunked on other devices."""
     if backend == "auto":
-        return BACKENDS["chunked"]
+        backend = os.environ.get(BACKEND_ENV) or "auto"
+        if backend not in BACKEND_NAMES:
+            raise ValueError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
+    if backend == "auto":
+        backend = "cpu" if device_type == "cpu" and _cpu_kernel_builds() else "chunked"
     if backend not in BACKENDS:
         raise ValueError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
     return BACKENDS[backend]
+
+
+@functools.cache  # builds (or loads) once per process, and warns once
+def _cpu_kernel_builds() -> bool:
+    try:
+        cpu.extension()
+    except cpu.BackendUnavailable as error:
+        warnings.warn(f"{error}; local attention falls back to the slower chunked backend", stacklevel=3)
+        return False
+    return True
 
 
 def _check(

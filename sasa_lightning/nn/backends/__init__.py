@@ -5,6 +5,6 @@
   kernel_size, heads, key_bias, padding)
 """
 
-from . import chunked, reference
+from . import chunked, cpu, reference
 
-BACKENDS = {"reference": reference, "chunked": chunked}
+BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu}
