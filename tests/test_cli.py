@@ -72,8 +72,18 @@ def test_layer_benchmark_runs_and_records(tmp_path):
     assert main(["bench", "layer", "--quick", "--repeats", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     variants = {r["variant"] for r in report["results"]}
-    assert {"conv3x3", "sasa_chunked", "sasa_reference", "public_unfold"} <= variants
+    assert {"conv3x3", "sasa_cpu", "sasa_chunked", "sasa_reference", "public_unfold"} <= variants
     assert all(r["time_s"] > 0 and r["peak_mib"] >= 0 for r in report["results"])
+
+
+@pytest.mark.slow
+def test_model_benchmark_runs_and_records(tmp_path):
+    out = tmp_path / "model.json"
+    assert main(["bench", "model", "--quick", "--steps", "1", "--backends", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["model"], r["backend"]) for r in report["results"]] == [("resnet26", "-"), ("sasa_resnet26", "cpu")]
+    assert all(r["images_per_s"] > 0 and r["peak_mib"] > 0 for r in report["results"])
+    assert report["results"][0]["vs_conv"] == 1.0
 
 
 def test_plot_writes_a_png_of_the_curves(tmp_path, capsys):

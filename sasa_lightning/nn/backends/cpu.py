@@ -1,6 +1,6 @@
 """Local attention on the CPU with a C++ kernel (cpu_kernel.cpp): no k^2-expanded tensor at all.
 
-The kernel is compiled on first use with torch's extension builder (about a minute; the result is
+The kernel is compiled on first use with torch's extension builder (about 30 s on 2 cores; it is
 cached under ~/.cache/torch_extensions, one build per CPU type since it targets the CPU it runs
 on). Forward keeps q, k, v, the output and one log-sum-exp per pixel; backward recomputes the
 probabilities. `local_self_attention` keeps only the layer's input and recomputes the 1x1
@@ -37,6 +37,11 @@ def _cpu_identity() -> str:
 
 @functools.cache
 def extension() -> ModuleType:
+    import logging
+
+    # Importing the builder on a machine without a GPU logs that it found no CUDA runtime; this
+    # build needs none, so that line would only alarm.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils.cpp_extension import load
 
     source = SOURCE.read_text()
@@ -72,7 +77,8 @@ class _LocalAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, rel_rows, rel_cols, out, lse = ctx.saved_tensors
-        grads = extension().backward(_prepare(grad_out, q.dtype), q, k, v, rel_rows, rel_cols, out, lse, ctx.kernel_size, *ctx.flags)
+        grads = extension().backward(_prepare(grad_out, q.dtype), q, k, v, rel_rows, rel_cols, out, lse,
+                                     ctx.kernel_size, *ctx.flags)
         grads = [g.to(dtype) if dtype is not None and need else None
                  for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
         return (*grads, None, None)
@@ -89,7 +95,8 @@ def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str)
 
 
 # Images per chunk of the layer's loop: their q, k and v (and gradients) hold at most this many
-# elements, so the layer's extra memory stays a fraction of one activation at any batch size.
+# elements, and at most a quarter of the batch, so the layer's extra memory stays a fraction of
+# one activation at any batch size and resolution.
 CHUNK_ELEMENTS = 2**21
 
 
@@ -162,7 +169,7 @@ class _LocalSelfAttention(torch.autograd.Function):
 
 def _chunks(x: Tensor, out_channels: int) -> list[slice]:
     per_image = 3 * out_channels * x.shape[2] * x.shape[3]
-    images = max(1, CHUNK_ELEMENTS // per_image)
+    images = max(1, min(CHUNK_ELEMENTS // per_image, -(-x.shape[0] // 4)))
     return [slice(start, start + images) for start in range(0, x.shape[0], images)]
 
 
