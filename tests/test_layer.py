@@ -81,3 +81,21 @@ def test_bf16_autocast_runs_forward_and_backward():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_the_output_may_be_changed_in_place(backend):
+    """The next layer may write into the output (an in-place ReLU, FPN's top-down sum); backward
+    must not need it. Gradients as the reference's, whose output is changed the same way."""
+    reference = LocalSelfAttention2d(4, 4, kernel_size=3, heads=2, backend="reference").double()
+    other = copy.deepcopy(reference)
+    other.backend = backend
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+
+    def grads(layer):
+        inputs = x.clone().requires_grad_()
+        layer(inputs).mul_(3).relu_().sum().backward()
+        return [inputs.grad] + [p.grad for p in layer.parameters()]
+
+    for got, expected in zip(grads(other), grads(reference)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)

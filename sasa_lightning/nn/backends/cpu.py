@@ -2,9 +2,9 @@
 
 The kernel is compiled on first use with torch's extension builder (about 30 s on 2 cores; it is
 cached under ~/.cache/torch_extensions, one build per CPU type since it targets the CPU it runs
-on). Forward keeps q, k, v, the output and one log-sum-exp per pixel; backward recomputes the
-probabilities. `local_self_attention` keeps only the layer's input and recomputes the 1x1
-projections in backward, so a layer stores what a convolution stores, plus its output.
+on). Forward keeps q, k, v and one log-sum-exp per pixel; backward recomputes the probabilities.
+`local_self_attention` keeps only the layer's input (and the log-sum-exp) and recomputes the 1x1
+projections in backward, so a layer stores what a convolution stores.
 """
 
 from __future__ import annotations
@@ -69,16 +69,16 @@ class _LocalAttention(torch.autograd.Function):
         dtype = _compute_dtype(q)
         inputs = [_prepare(t, dtype) for t in (q, k, v, rel_rows, rel_cols)]
         out, lse = extension().forward(*inputs, kernel_size, *flags)
-        ctx.save_for_backward(*inputs, out, lse)
+        ctx.save_for_backward(*inputs, lse)
         ctx.kernel_size, ctx.flags = kernel_size, flags
         ctx.dtypes = [None if t is None else t.dtype for t in (q, k, v, rel_rows, rel_cols)]
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, rel_rows, rel_cols, out, lse = ctx.saved_tensors
-        grads = extension().backward(_prepare(grad_out, q.dtype), q, k, v, rel_rows, rel_cols, out, lse,
-                                     ctx.kernel_size, *ctx.flags)
+        q, k, v, rel_rows, rel_cols, lse = ctx.saved_tensors
+        grads = extension().backward(_prepare(grad_out, q.dtype), q, k, v, rel_rows, rel_cols, lse, ctx.kernel_size,
+                                     *ctx.flags)
         grads = [g.to(dtype) if dtype is not None and need else None
                  for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
         return (*grads, None, None)
@@ -101,8 +101,8 @@ CHUNK_ELEMENTS = 2**21
 
 
 class _LocalSelfAttention(torch.autograd.Function):
-    """Projections + attention, a few images at a time, keeping only x, the output and the
-    log-sum-exp; backward recomputes q, k and v chunk by chunk and takes the projections'
+    """Projections + attention, a few images at a time, keeping only x and the log-sum-exp;
+    backward recomputes q, k and v chunk by chunk and takes the projections'
     gradients by hand."""
 
     @staticmethod
@@ -120,7 +120,7 @@ class _LocalSelfAttention(torch.autograd.Function):
                 q, k, v = _project(x32[chunk], torch.cat(weights), bias, heads, flags[0])
             out_chunk, lse[chunk] = extension().forward(q, k, v, *rel, kernel_size, *flags)
             out[chunk] = out_chunk.flatten(1, 2)
-        ctx.save_for_backward(x32, *weights, bias, *rel, out, lse)
+        ctx.save_for_backward(x32, *weights, bias, *rel, lse)
         ctx.kernel_size, ctx.heads, ctx.flags, ctx.dtypes = kernel_size, heads, flags, (
             x.dtype, query_weight.dtype, rel_rows.dtype if rel_rows is not None else None)
         # Under autocast the layer answers in autocast's dtype, as the convolutions it replaces do.
@@ -131,7 +131,7 @@ class _LocalSelfAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, *saved = ctx.saved_tensors
         has_keys, has_rel, _ = ctx.flags
-        weights, (bias, rel_rows, rel_cols, out, lse) = saved[: 2 + has_keys], saved[2 + has_keys :]
+        weights, (bias, rel_rows, rel_cols, lse) = saved[: 2 + has_keys], saved[2 + has_keys :]
         weight = torch.cat(weights)
         heads, channels = ctx.heads, weights[0].shape[0]
         grad_out = grad_out.to(x.dtype).contiguous()
@@ -144,8 +144,7 @@ class _LocalSelfAttention(torch.autograd.Function):
                 q, k, v = _project(x[chunk], weight, bias, heads, has_keys)
             split = lambda t: t.unflatten(1, (heads, -1))  # noqa: E731
             grad_q, grad_k, grad_v, grad_rows, grad_cols = extension().backward(
-                split(grad_out[chunk]), q, k, v, rel_rows, rel_cols, split(out[chunk]), lse[chunk], ctx.kernel_size,
-                *ctx.flags)
+                split(grad_out[chunk]), q, k, v, rel_rows, rel_cols, lse[chunk], ctx.kernel_size, *ctx.flags)
             grad_qkv = torch.cat([g.flatten(1, 2) for g in (grad_q, grad_k, grad_v) if g is not None], 1)
             # The 1x1 projections: d x = W^T d qkv, d W = sum over pixels of d qkv x^T.
             if grad_x is not None:

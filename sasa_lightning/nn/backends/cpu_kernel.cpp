@@ -11,8 +11,9 @@
 // row's pixels in registers of Lanes values (GCC vector extensions), summing over the head's
 // channels or the window's offsets before writing anything.
 //
-// Forward keeps, beside the output, the log-sum-exp of each pixel's logits (B, N, H, W); backward
-// recomputes the probabilities from it, as flash attention does. Backward adds the gradients of
+// Forward returns, beside the output, the log-sum-exp of each pixel's logits (B, N, H, W), and
+// backward needs only that and the inputs: it recomputes the probabilities, as flash attention
+// does. Backward adds the gradients of
 // k and v into the task's own padded planes: tasks never write to the same memory.
 
 #include <torch/extension.h>
@@ -253,8 +254,8 @@ std::vector<torch::Tensor> forward_impl(torch::Tensor q, torch::Tensor k, torch:
 
 template <typename T>
 std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                         torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor out,
-                                         torch::Tensor lse, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
+                                         torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor lse,
+                                         int64_t kernel, bool has_keys, bool has_rel, bool mask) {
   const Shape s = shape_of(q, kernel, has_keys, has_rel, mask);
   auto grad_q = torch::empty_like(q);
   auto grad_k = has_keys ? torch::empty_like(q) : torch::Tensor();
@@ -263,7 +264,7 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
   auto grad_cols = torch::zeros({s.batch, s.heads, s.kernel, s.half()}, q.options());
   const T *qp = q.data_ptr<T>(), *kp = has_keys ? k.data_ptr<T>() : nullptr, *vp = v.data_ptr<T>();
   const T *rr = has_rel ? rel_rows.data_ptr<T>() : nullptr, *rc = has_rel ? rel_cols.data_ptr<T>() : nullptr;
-  const T *gp = grad_out.data_ptr<T>(), *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
+  const T *gp = grad_out.data_ptr<T>(), *lp = lse.data_ptr<T>();
   T *gq = grad_q.data_ptr<T>(), *gk = has_keys ? grad_k.data_ptr<T>() : nullptr, *gv = grad_v.data_ptr<T>();
   T *grr = grad_rows.data_ptr<T>(), *grc = grad_cols.data_ptr<T>();
   const int64_t W = s.width, K = s.kernel, KK = K * K, HW = s.plane(), block = s.dim * HW, half = s.half();
@@ -283,18 +284,16 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
         task.probabilities(lp + t * HW + h * W);
         const T* __restrict p = task.logits.data();
         T* __restrict ds = task.scores.data();
-        // delta = grad_out . out, the softmax backward's per-pixel constant.
-        T* __restrict delta = task.delta.data();
-        sum_of_products(delta, gp + offset + h * W, HW, op + offset + h * W, HW, s.dim, W, false);
-        // ds = p * (grad_out . v - delta), offset by offset.
+        // dp = grad_out . v per offset; delta = sum of p * dp (= grad_out . out, the softmax
+        // backward's per-pixel constant, without keeping the output); ds = p * (dp - delta).
         for (int64_t a = 0; a < K; ++a)
-          for (int64_t c = 0; c < K; ++c) {
-            T* row = ds + (a * K + c) * W;
-            sum_of_products(row, gp + offset + h * W, HW, task.values.data() + task.at(h, a, c), s.padded_plane(),
-                            s.dim, W, false);
-            const T* __restrict prow = p + (a * K + c) * W;
-            for (int64_t w = 0; w < W; ++w) row[w] = prow[w] * (row[w] - delta[w]);
-          }
+          for (int64_t c = 0; c < K; ++c)
+            sum_of_products(ds + (a * K + c) * W, gp + offset + h * W, HW, task.values.data() + task.at(h, a, c),
+                            s.padded_plane(), s.dim, W, false);
+        T* __restrict delta = task.delta.data();
+        sum_of_products(delta, p, W, ds, W, KK, W, false);
+        for (int64_t o = 0; o < KK; ++o)
+          for (int64_t w = 0; w < W; ++w) ds[o * W + w] = p[o * W + w] * (ds[o * W + w] - delta[w]);
         task.scatter_add(value_grads, p, gp + offset, h);
         T* gq_row = gq + offset + h * W;
         for (int64_t d = 0; d < s.dim; ++d) {
@@ -361,11 +360,11 @@ std::vector<torch::Tensor> forward(torch::Tensor q, torch::Tensor k, torch::Tens
 // Returns (grad_q, grad_k, grad_v, grad_rel_rows, grad_rel_cols); the relative gradients are
 // summed per image first, so that tasks never add into the same memory.
 std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                    torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor out,
-                                    torch::Tensor lse, int64_t kernel, bool has_keys, bool has_rel, bool mask) {
+                                    torch::Tensor rel_rows, torch::Tensor rel_cols, torch::Tensor lse, int64_t kernel,
+                                    bool has_keys, bool has_rel, bool mask) {
   std::vector<torch::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "local_attention_backward", [&] {
-    result = backward_impl<scalar_t>(grad_out, q, k, v, rel_rows, rel_cols, out, lse, kernel, has_keys, has_rel, mask);
+    result = backward_impl<scalar_t>(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel, has_keys, has_rel, mask);
   });
   return result;
 }
