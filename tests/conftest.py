@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sasa_lightning.nn.backends import chunked, cpu
+from sasa_lightning.nn.backends import chunked, fused
 
 
 @pytest.fixture(autouse=True)
@@ -12,9 +12,9 @@ def _seed():
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force the chunked backend to cut even tiny inputs into many tiles (rows and images), and
-    the cpu backend's layer to take one image at a time."""
+    the fused backends' layer to take one image at a time."""
     monkeypatch.setattr(chunked, "TILE_ELEMENTS", 200)
-    monkeypatch.setattr(cpu, "CHUNK_ELEMENTS", 200)
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 200)
 
 
 

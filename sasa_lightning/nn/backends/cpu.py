@@ -2,9 +2,8 @@
 
 The kernel is compiled on first use with torch's extension builder (about 30 s on 2 cores; it is
 cached under ~/.cache/torch_extensions, one build per CPU type since it targets the CPU it runs
-on). Forward keeps q, k, v and one log-sum-exp per pixel; backward recomputes the probabilities.
-`local_self_attention` keeps only the layer's input (and the log-sum-exp) and recomputes the 1x1
-projections in backward, so a layer stores what a convolution stores.
+on). The autograd around it (what is kept, the layer's chunks and recomputed projections) is
+fused.py's, shared with the compiled backend.
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ from types import ModuleType
 
 import torch
 from torch import Tensor
+
+from . import fused
 
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
@@ -53,37 +54,6 @@ def extension() -> ModuleType:
         raise BackendUnavailable(f"the cpu backend's kernel did not build: {str(error).splitlines()[0]}") from error
 
 
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    """The kernel computes in float32, or float64 for float64 inputs (the tests' precision)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _prepare(t: Tensor | None, dtype: torch.dtype) -> Tensor:
-    return torch.empty(0, dtype=dtype) if t is None else t.detach().to(dtype).contiguous()
-
-
-class _LocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, rel_rows, rel_cols, kernel_size: int, mask: bool):
-        flags = (k is not None, rel_rows is not None, mask)
-        dtype = _compute_dtype(q)
-        inputs = [_prepare(t, dtype) for t in (q, k, v, rel_rows, rel_cols)]
-        out, lse = extension().forward(*inputs, kernel_size, *flags)
-        ctx.save_for_backward(*inputs, lse)
-        ctx.kernel_size, ctx.flags = kernel_size, flags
-        ctx.dtypes = [None if t is None else t.dtype for t in (q, k, v, rel_rows, rel_cols)]
-        return out.to(q.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, rel_rows, rel_cols, lse = ctx.saved_tensors
-        grads = extension().backward(_prepare(grad_out, q.dtype), q, k, v, rel_rows, rel_cols, lse, ctx.kernel_size,
-                                     *ctx.flags)
-        grads = [g.to(dtype) if dtype is not None and need else None
-                 for g, dtype, need in zip(grads, ctx.dtypes, ctx.needs_input_grad)]
-        return (*grads, None, None)
-
-
 def _check_device(*tensors: Tensor | None) -> None:
     if any(t is not None and t.device.type != "cpu" for t in tensors):
         raise BackendUnavailable("the cpu backend runs on CPU tensors only; use backend 'chunked' or 'auto' on GPUs")
@@ -91,103 +61,12 @@ def _check_device(*tensors: Tensor | None) -> None:
 
 def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
     _check_device(q, k, v)
-    return _LocalAttention.apply(q, k, v, rel_rows, rel_cols, kernel_size, padding == "mask")
-
-
-# Images per chunk of the layer's loop: their q, k and v (and gradients) hold at most this many
-# elements, and at most a quarter of the batch, so the layer's extra memory stays a fraction of
-# one activation at any batch size and resolution.
-CHUNK_ELEMENTS = 2**21
-
-
-class _LocalSelfAttention(torch.autograd.Function):
-    """Projections + attention, a few images at a time, keeping only x and the log-sum-exp;
-    backward recomputes q, k and v chunk by chunk and takes the projections'
-    gradients by hand."""
-
-    @staticmethod
-    def forward(ctx, x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols, kernel_size, heads, mask):
-        dtype = _compute_dtype(x)
-        x32 = x.detach().to(dtype).contiguous()
-        weights = [w.detach().to(dtype) for w in (query_weight, key_weight, value_weight) if w is not None]
-        rel = [_prepare(t, dtype) for t in (rel_rows, rel_cols)]
-        bias = None if key_bias is None else key_bias.detach().to(dtype)
-        flags = (key_weight is not None, rel_rows is not None, mask)
-        out = x32.new_empty((x.shape[0], query_weight.shape[0], *x.shape[2:]))
-        lse = x32.new_empty((x.shape[0], heads, *x.shape[2:]))
-        for chunk in _chunks(x32, query_weight.shape[0]):
-            with torch.autocast("cpu", enabled=False):  # the kernel computes in float32
-                q, k, v = _project(x32[chunk], torch.cat(weights), bias, heads, flags[0])
-            out_chunk, lse[chunk] = extension().forward(q, k, v, *rel, kernel_size, *flags)
-            out[chunk] = out_chunk.flatten(1, 2)
-        ctx.save_for_backward(x32, *weights, bias, *rel, lse)
-        ctx.kernel_size, ctx.heads, ctx.flags, ctx.dtypes = kernel_size, heads, flags, (
-            x.dtype, query_weight.dtype, rel_rows.dtype if rel_rows is not None else None)
-        # Under autocast the layer answers in autocast's dtype, as the convolutions it replaces do.
-        autocast = torch.is_autocast_enabled("cpu") and dtype == torch.float32
-        return out.to(torch.get_autocast_dtype("cpu") if autocast else x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, *saved = ctx.saved_tensors
-        has_keys, has_rel, _ = ctx.flags
-        weights, (bias, rel_rows, rel_cols, lse) = saved[: 2 + has_keys], saved[2 + has_keys :]
-        weight = torch.cat(weights)
-        heads, channels = ctx.heads, weights[0].shape[0]
-        grad_out = grad_out.to(x.dtype).contiguous()
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros_like(weight)
-        grad_bias = None if bias is None else torch.zeros_like(bias)
-        grad_rel = [torch.zeros_like(rel_rows), torch.zeros_like(rel_cols)] if has_rel else [None, None]
-        for chunk in _chunks(x, channels):
-            with torch.autocast("cpu", enabled=False):
-                q, k, v = _project(x[chunk], weight, bias, heads, has_keys)
-            split = lambda t: t.unflatten(1, (heads, -1))  # noqa: E731
-            grad_q, grad_k, grad_v, grad_rows, grad_cols = extension().backward(
-                split(grad_out[chunk]), q, k, v, rel_rows, rel_cols, lse[chunk], ctx.kernel_size, *ctx.flags)
-            grad_qkv = torch.cat([g.flatten(1, 2) for g in (grad_q, grad_k, grad_v) if g is not None], 1)
-            # The 1x1 projections: d x = W^T d qkv, d W = sum over pixels of d qkv x^T.
-            if grad_x is not None:
-                grad_x[chunk] = torch.einsum("oc,bohw->bchw", weight, grad_qkv)
-            grad_weight += torch.einsum("bohw,bchw->oc", grad_qkv, x[chunk])
-            if grad_bias is not None:
-                grad_bias += grad_k.flatten(1, 2).sum(0, keepdim=True)
-            if has_rel:
-                grad_rel[0] += grad_rows
-                grad_rel[1] += grad_cols
-        x_dtype, weight_dtype, rel_dtype = ctx.dtypes
-        grad_weights = [g.to(weight_dtype) for g in grad_weight.split(channels)]
-        if not has_keys:
-            grad_weights.insert(1, None)
-        return (
-            None if grad_x is None else grad_x.to(x_dtype), *grad_weights,
-            None if grad_bias is None else grad_bias.to(weight_dtype),
-            *[None if g is None else g.to(rel_dtype) for g in grad_rel], None, None, None,
-        )
-
-
-def _chunks(x: Tensor, out_channels: int) -> list[slice]:
-    per_image = 3 * out_channels * x.shape[2] * x.shape[3]
-    images = max(1, min(CHUNK_ELEMENTS // per_image, -(-x.shape[0] // 4)))
-    return [slice(start, start + images) for start in range(0, x.shape[0], images)]
-
-
-def _project(x: Tensor, weight: Tensor, key_bias: Tensor | None, heads: int, has_keys: bool):
-    """q, k, v (B, N, D, H, W) from one 1x1 convolution by the stacked weights; k is empty
-    (the kernel's "no keys") without key weights."""
-    # As a matrix product: measured twice as fast as the same 1x1 convolution through mkldnn.
-    qkv = torch.matmul(weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
-    parts = list(qkv.chunk(2 + has_keys, 1))
-    if not has_keys:
-        parts.insert(1, qkv.new_empty(0))
-    elif key_bias is not None:
-        parts[1] = parts[1] + key_bias
-    return [p.unflatten(1, (heads, -1)).contiguous() if p.numel() else p for p in parts]
+    return fused.local_attention(extension(), q, k, v, rel_rows, rel_cols, kernel_size, padding)
 
 
 def local_self_attention(
     x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
     _check_device(x)
-    return _LocalSelfAttention.apply(x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols,
-                                     kernel_size, heads, padding == "mask")
+    return fused.local_self_attention(extension(), x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
+                                      kernel_size, heads, key_bias, padding)
