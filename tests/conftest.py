@@ -12,9 +12,21 @@ def _seed():
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force the chunked backend to cut even tiny inputs into many tiles (rows and images), and
-    the fused backends' layer to take one image at a time."""
+    the fused backends' layer (cpu, compiled) to take one image at a time."""
     monkeypatch.setattr(chunked, "TILE_ELEMENTS", 200)
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 200)
+
+
+@pytest.fixture(autouse=True)
+def _compiled_backend_runs_eagerly(request):
+    """Compiling every shape of the backend matrices would take many minutes on 2 cores, so there
+    the compiled backend's formulation (the very graph inductor compiles) runs eagerly. Tests
+    marked `inductor` (tests/test_compiled.py) compile it for real."""
+    if request.node.get_closest_marker("inductor"):
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
 
 
 

@@ -7,6 +7,6 @@
 fused.py is not a backend: it is the autograd shared by the backends with a fused kernel.
 """
 
-from . import chunked, cpu, reference
+from . import chunked, compiled, cpu, reference
 
-BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu}
+BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled}
