@@ -60,6 +60,23 @@ def test_backend_matches_reference(backend, case, padding, keys, relative, small
     assert_all_close(run(backend), run("reference"))
 
 
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+@pytest.mark.parametrize("padding", ["zeros", "mask"])
+def test_float32_matches_float64_reference(backend, padding, small_tiles):
+    """The float32 paths (the cpu kernel's vectorised exp over whole registers, its scalar tail,
+    and -inf for masked logits) against the float64 reference, with logits spread over tens:
+    some window weights underflow to 0, as they do in trained models."""
+    kernel_size = 5
+    inputs = make_inputs(2, 2, 8, 7, 21, kernel_size)  # 21 = two registers of 8 and a tail of 5
+    inputs = [t.detach().mul(2).requires_grad_() for t in inputs]
+    expected = forward_backward(
+        lambda *t: functional.local_attention(*t, kernel_size, padding, backend="reference"), inputs)
+    singles = [t.detach().float().requires_grad_() for t in inputs]
+    got = forward_backward(lambda *t: functional.local_attention(*t, kernel_size, padding, backend=backend), singles)
+    for g, e in zip(got, expected):  # float32 sums over many pixels: tolerance in units of the largest
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
+
+
 @pytest.mark.parametrize("padding", ["zeros", "mask"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
 def test_reference_is_eq3(padding, kernel_size):

@@ -25,31 +25,13 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 template <typename T>
 constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-
-// exp(x) for x <= 0 (softmax logits minus their maximum), written so that it vectorises:
-// 2^n * p(r) with r = x - n ln 2 and a degree-6 Taylor polynomial (relative error < 3e-7).
-inline float exp_nonpositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.4426950408889634f + 0.5f);
-  const float r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return p * __builtin_bit_cast(float, bits);
-}
-
-inline double exp_nonpositive(double x) { return std::exp(x); }
 
 // A register of 32 bytes: 8 floats or 4 doubles.
 template <typename T>
@@ -63,6 +45,37 @@ struct Lanes {
   }
   static void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
 };
+
+// exp(x) for x <= 0 (a logit minus the log-sum-exp or the maximum), 8 at a time: 2^n * p(r) with
+// n = round(x / ln 2), r = x - n ln 2 and a degree-6 Taylor polynomial (relative error < 3e-7);
+// 0 below -87 (where float's exp leaves the normal range) and for -inf, a masked logit.
+inline Lanes<float>::type exp_nonpositive(Lanes<float>::type x) {
+  typedef int32_t Ints __attribute__((vector_size(32)));
+  using V = Lanes<float>::type;
+  const V below = x < -87.0f ? V{} + 1.0f : V{};
+  x = below != 0.0f ? V{} - 87.0f : x;
+  // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in float arithmetic.
+  const V n = (x * 1.4426950408889634f + 12582912.0f) - 12582912.0f;
+  const V r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+  V p = V{} + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return below != 0.0f ? V{} : p * scale;
+}
+
+inline float exp_nonpositive(float x) {
+  Lanes<float>::type lanes = {x};
+  return exp_nonpositive(lanes)[0];
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
 
 struct Shape {
   int64_t batch, heads, dim, height, width, kernel;
@@ -90,6 +103,26 @@ void sum_of_products(T* out, const T* a, int64_t a_step, const T* b, int64_t b_s
     T acc = accumulate ? out[w] : T(0);
     for (int64_t i = 0; i < count; ++i) acc += a[i * a_step + w] * b[i * b_step + w];
     out[w] = acc;
+  }
+}
+
+// Channels per register block: the window loops below keep a block of channels' rows (or sums)
+// in registers across all K*K offsets, so that each multiply-add loads one value, not two.
+constexpr int64_t kBlock = 8;
+
+// f(std::integral_constant<int64_t, n>) for n = count (1..kBlock): loops over a block's channels
+// with a compile-time count unroll, and their registers stay registers.
+template <typename F>
+void with_block(int64_t count, F&& f) {
+  switch (count) {
+    case 1: f(std::integral_constant<int64_t, 1>{}); break;
+    case 2: f(std::integral_constant<int64_t, 2>{}); break;
+    case 3: f(std::integral_constant<int64_t, 3>{}); break;
+    case 4: f(std::integral_constant<int64_t, 4>{}); break;
+    case 5: f(std::integral_constant<int64_t, 5>{}); break;
+    case 6: f(std::integral_constant<int64_t, 6>{}); break;
+    case 7: f(std::integral_constant<int64_t, 7>{}); break;
+    default: f(std::integral_constant<int64_t, 8>{}); break;
   }
 }
 
@@ -154,56 +187,121 @@ struct Task {
       for (int64_t c = 0; c < K; ++c) {
         T* __restrict out = logits.data() + (a * K + c) * W;
         for (int64_t w = 0; w < W; ++w) out[w] = rel_row[a * W + w] + rel_col[c * W + w];
-        if (s.has_keys)
-          sum_of_products(out, q + h * W, HW, keys.data() + at(h, a, c), s.padded_plane(), s.dim, W, true);
-        if (s.mask)
-          for (int64_t w = 0; w < W; ++w)
-            if (!inside(h, a, c, w)) out[w] = kNegInf<T>;
       }
+    if (s.has_keys) window_dots(logits.data(), q + h * W, HW, keys, h);
+    if (s.mask)
+      for (int64_t a = 0; a < K; ++a)
+        for (int64_t c = 0; c < K; ++c)
+          for (int64_t w = 0; w < W; ++w)
+            if (!inside(h, a, c, w)) logits[(a * K + c) * W + w] = kNegInf<T>;
   }
 
   // In place: logits -> exp(logit - row_lse), the probabilities when row_lse is the log-sum-exp.
   void probabilities(const T* row_lse) {
     const int64_t W = s.width, KK = s.kernel * s.kernel;
+    using L = Lanes<T>;
     for (int64_t o = 0; o < KK; ++o) {
       T* __restrict p = logits.data() + o * W;
-      for (int64_t w = 0; w < W; ++w) p[w] = p[w] == kNegInf<T> ? T(0) : exp_nonpositive(p[w] - row_lse[w]);
+      int64_t w = 0;
+      if constexpr (std::is_same_v<T, float>)
+        for (; w + L::size <= W; w += L::size) L::store(p + w, exp_nonpositive(L::load(p + w) - L::load(row_lse + w)));
+      for (; w < W; ++w) p[w] = p[w] == kNegInf<T> ? T(0) : exp_nonpositive(p[w] - row_lse[w]);
     }
   }
 
-  // out[d] (+)= sum over the window of weights[o] * the plane's neighbour, for query row h.
-  void window_sum(T* out, const T* weights, const std::vector<T>& plane, int64_t h, int64_t d, bool accumulate) {
-    const int64_t W = s.width, K = s.kernel;
-    using L = Lanes<T>;
-    const T* base = plane.data() + d * s.padded_plane();
-    int64_t w = 0;
-    for (; w + L::size <= W; w += L::size) {
-      typename L::type acc = accumulate ? L::load(out + w) : typename L::type{};
-      for (int64_t a = 0; a < K; ++a)
-        for (int64_t c = 0; c < K; ++c)
-          acc += L::load(weights + (a * K + c) * W + w) * L::load(base + at(h, a, c) + w);
-      L::store(out + w, acc);
-    }
-    for (; w < W; ++w) {
-      T acc = accumulate ? out[w] : T(0);
-      for (int64_t a = 0; a < K; ++a)
-        for (int64_t c = 0; c < K; ++c) acc += weights[(a * K + c) * W + w] * base[at(h, a, c) + w];
-      out[w] = acc;
-    }
-  }
-
-  // plane's neighbour (a, c) of row h += weights[o] * source[d], for every offset and channel.
-  void scatter_add(std::vector<T>& plane, const T* weights, const T* source, int64_t h) {
-    const int64_t W = s.width, K = s.kernel, HW = s.plane();
-    for (int64_t d = 0; d < s.dim; ++d) {
-      const T* __restrict src = source + d * HW + h * W;
-      for (int64_t a = 0; a < K; ++a)
-        for (int64_t c = 0; c < K; ++c) {
-          T* __restrict target = plane.data() + d * s.padded_plane() + at(h, a, c);
-          const T* __restrict weight = weights + (a * K + c) * W;
-          for (int64_t w = 0; w < W; ++w) target[w] += weight[w] * src[w];
+  // out[o * W + w] += sum over channels d of rows[d * row_step + w] * the plane's neighbour (a, c)
+  // of (h, w) in channel d, o = a * K + c: the window's q.k logits (rows = q, plane = keys) or
+  // grad_out . v (rows = grad_out, plane = values).
+  void window_dots(T* out, const T* rows, int64_t row_step, const std::vector<T>& plane, int64_t h) const {
+    for (int64_t d0 = 0; d0 < s.dim; d0 += kBlock)
+      with_block(std::min(kBlock, s.dim - d0), [&](auto block) {
+        constexpr int64_t n = decltype(block)::value;
+        const int64_t W = s.width, K = s.kernel, P = s.padded_plane();
+        const T* channels = rows + d0 * row_step;
+        const T* planes = plane.data() + d0 * P;
+        using L = Lanes<T>;
+        int64_t w = 0;
+        for (; w + L::size <= W; w += L::size) {
+          typename L::type row[n];
+          for (int64_t j = 0; j < n; ++j) row[j] = L::load(channels + j * row_step + w);
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c) {
+              T* target = out + (a * K + c) * W + w;
+              const T* neighbours = planes + at(h, a, c) + w;
+              typename L::type acc = L::load(target);
+              for (int64_t j = 0; j < n; ++j) acc += row[j] * L::load(neighbours + j * P);
+              L::store(target, acc);
+            }
         }
-    }
+        for (; w < W; ++w)
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c) {
+              T acc = out[(a * K + c) * W + w];
+              for (int64_t j = 0; j < n; ++j) acc += channels[j * row_step + w] * planes[j * P + at(h, a, c) + w];
+              out[(a * K + c) * W + w] = acc;
+            }
+      });
+  }
+
+  // out[d * out_step + w] = sum over the window of weights[o * W + w] * the plane's neighbour
+  // (a, c) of (h, w) in channel d, for every channel: the weighted sum of values (or keys).
+  void window_sums(T* out, int64_t out_step, const T* weights, const std::vector<T>& plane, int64_t h) const {
+    for (int64_t d0 = 0; d0 < s.dim; d0 += kBlock)
+      with_block(std::min(kBlock, s.dim - d0), [&](auto block) {
+        constexpr int64_t n = decltype(block)::value;
+        const int64_t W = s.width, K = s.kernel, P = s.padded_plane();
+        T* channels = out + d0 * out_step;
+        const T* planes = plane.data() + d0 * P;
+        using L = Lanes<T>;
+        int64_t w = 0;
+        for (; w + L::size <= W; w += L::size) {
+          typename L::type acc[n] = {};
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c) {
+              const typename L::type weight = L::load(weights + (a * K + c) * W + w);
+              const T* neighbours = planes + at(h, a, c) + w;
+              for (int64_t j = 0; j < n; ++j) acc[j] += weight * L::load(neighbours + j * P);
+            }
+          for (int64_t j = 0; j < n; ++j) L::store(channels + j * out_step + w, acc[j]);
+        }
+        for (; w < W; ++w)
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t a = 0; a < K; ++a)
+              for (int64_t c = 0; c < K; ++c) acc += weights[(a * K + c) * W + w] * planes[j * P + at(h, a, c) + w];
+            channels[j * out_step + w] = acc;
+          }
+      });
+  }
+
+  // The plane's neighbour (a, c) of (h, w) in channel d += weights[o * W + w] * source[d * HW + w],
+  // for every offset and channel: the adjoint of window_sums (gradients of values or keys).
+  void scatter_add(std::vector<T>& plane, const T* weights, const T* source, int64_t h) const {
+    for (int64_t d0 = 0; d0 < s.dim; d0 += kBlock)
+      with_block(std::min(kBlock, s.dim - d0), [&](auto block) {
+        constexpr int64_t n = decltype(block)::value;
+        const int64_t W = s.width, K = s.kernel, P = s.padded_plane(), HW = s.plane();
+        const T* channels = source + d0 * HW + h * W;
+        T* planes = plane.data() + d0 * P;
+        using L = Lanes<T>;
+        int64_t w = 0;
+        for (; w + L::size <= W; w += L::size) {
+          typename L::type src[n];
+          for (int64_t j = 0; j < n; ++j) src[j] = L::load(channels + j * HW + w);
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c) {
+              const typename L::type weight = L::load(weights + (a * K + c) * W + w);
+              T* neighbours = planes + at(h, a, c) + w;
+              for (int64_t j = 0; j < n; ++j)
+                L::store(neighbours + j * P, L::load(neighbours + j * P) + weight * src[j]);
+            }
+        }
+        for (; w < W; ++w)
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c)
+              for (int64_t j = 0; j < n; ++j)
+                planes[j * P + at(h, a, c) + w] += weights[(a * K + c) * W + w] * channels[j * HW + w];
+      });
   }
 };
 
@@ -245,7 +343,7 @@ std::vector<torch::Tensor> forward_impl(torch::Tensor q, torch::Tensor k, torch:
         }
         for (int64_t o = 0; o < KK; ++o)
           for (int64_t w = 0; w < W; ++w) task.logits[o * W + w] *= total[w];
-        for (int64_t d = 0; d < s.dim; ++d) task.window_sum(op + offset + d * HW + h * W, logits, task.values, h, d, false);
+        task.window_sums(op + offset + h * W, HW, logits, task.values, h);
       }
     }
   });
@@ -286,20 +384,17 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
         T* __restrict ds = task.scores.data();
         // dp = grad_out . v per offset; delta = sum of p * dp (= grad_out . out, the softmax
         // backward's per-pixel constant, without keeping the output); ds = p * (dp - delta).
-        for (int64_t a = 0; a < K; ++a)
-          for (int64_t c = 0; c < K; ++c)
-            sum_of_products(ds + (a * K + c) * W, gp + offset + h * W, HW, task.values.data() + task.at(h, a, c),
-                            s.padded_plane(), s.dim, W, false);
+        std::fill(ds, ds + KK * W, T(0));
+        task.window_dots(ds, gp + offset + h * W, HW, task.values, h);
         T* __restrict delta = task.delta.data();
         sum_of_products(delta, p, W, ds, W, KK, W, false);
         for (int64_t o = 0; o < KK; ++o)
           for (int64_t w = 0; w < W; ++w) ds[o * W + w] = p[o * W + w] * (ds[o * W + w] - delta[w]);
         task.scatter_add(value_grads, p, gp + offset, h);
         T* gq_row = gq + offset + h * W;
-        for (int64_t d = 0; d < s.dim; ++d) {
-          if (has_keys) task.window_sum(gq_row + d * HW, ds, task.keys, h, d, false);
-          else std::fill(gq_row + d * HW, gq_row + d * HW + W, T(0));
-        }
+        if (has_keys) task.window_sums(gq_row, HW, ds, task.keys, h);
+        else
+          for (int64_t d = 0; d < s.dim; ++d) std::fill(gq_row + d * HW, gq_row + d * HW + W, T(0));
         if (has_keys) task.scatter_add(key_grads, ds, qp + offset, h);
         if (!has_rel) continue;
         // The relative logits: row offset a's embedding meets the first half of q, summed over
