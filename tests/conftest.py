@@ -20,8 +20,8 @@ def small_tiles(monkeypatch):
 @pytest.fixture(autouse=True)
 def _compiled_backend_runs_eagerly(request):
     """Compiling every shape of the backend matrices would take many minutes on 2 cores, so there
-    the compiled backend's formulation (the very graph inductor compiles) runs eagerly. Tests
-    marked `inductor` (tests/test_compiled.py) compile it for real."""
+    what torch.compile would compile (the compiled backend's formulation, flex_attention) runs
+    eagerly, the same graph. Tests marked `inductor` (test_compiled.py, test_flex.py) compile it."""
     if request.node.get_closest_marker("inductor"):
         yield
         return

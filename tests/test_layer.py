@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from sasa_lightning.nn import LocalSelfAttention2d
-from sasa_lightning.nn.backends import BACKENDS
-
-OTHER_BACKENDS = [name for name in BACKENDS if name != "reference"]
+from test_operator import OTHER_BACKENDS, TRAINABLE_ON_CPU
 
 
 def grads_of(layer, x):
@@ -83,7 +81,7 @@ def test_bf16_autocast_runs_forward_and_backward():
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", TRAINABLE_ON_CPU)
 def test_the_output_may_be_changed_in_place(backend):
     """The next layer may write into the output (an in-place ReLU, FPN's top-down sum); backward
     must not need it. Gradients as the reference's, whose output is changed the same way."""

@@ -16,6 +16,7 @@ from types import ModuleType
 from torch import Tensor
 
 from .backends import BACKENDS, cpu
+from .backends.errors import BackendUnavailable
 
 PADDING_MODES = ("zeros", "mask")
 BACKEND_NAMES = ("auto", *BACKENDS)
@@ -44,7 +45,7 @@ def resolve_backend(backend: str, device_type: str) -> ModuleType:
 def _cpu_kernel_builds() -> bool:
     try:
         cpu.extension()
-    except cpu.BackendUnavailable as error:
+    except BackendUnavailable as error:
         warnings.warn(f"{error}; local attention falls back to the slower chunked backend", stacklevel=3)
         return False
     return True

@@ -7,6 +7,6 @@
 fused.py is not a backend: it is the autograd shared by the backends with a fused kernel.
 """
 
-from . import chunked, compiled, cpu, reference
+from . import chunked, compiled, cpu, flex, reference
 
-BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled}
+BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled, "flex": flex}

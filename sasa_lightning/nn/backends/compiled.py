@@ -103,7 +103,7 @@ def _backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size: int, mask
     )
 
 
-# Dynamo's settings for these calls only. Every shape is compiled as symbolic from the first
+# Dynamo's settings for the package's compiled calls only. Every shape is compiled as symbolic from the first
 # call, size-1 dimensions included (a model's layers differ in every dimension, and inference
 # often has batch 1), and without duck sizing, which would guard on dimensions that happen to be
 # equal (batch == heads). Hitting the recompile limit raises rather than falling back to running
@@ -117,11 +117,12 @@ def _compiled() -> tuple:
     return torch.compile(_forward, dynamic=True), torch.compile(_backward, dynamic=True)
 
 
-def _call(fn, *args):
+def run_compiled(fn, *args, **kwargs):
+    """fn (a torch.compile'd function of this package) called under the settings above."""
     from torch.fx.experimental import _config as fx_config
 
     with torch._dynamo.config.patch(**_DYNAMO_CONFIG), fx_config.patch(**_SHAPE_CONFIG):
-        return fn(*args)
+        return fn(*args, **kwargs)
 
 
 def _complete(q: Tensor, k: Tensor, rel_rows: Tensor, rel_cols: Tensor, kernel_size: int, has_keys: bool,
@@ -138,13 +139,13 @@ def _complete(q: Tensor, k: Tensor, rel_rows: Tensor, rel_cols: Tensor, kernel_s
 
 def _kernel_forward(q, k, v, rel_rows, rel_cols, kernel_size: int, has_keys: bool, has_rel: bool, mask: bool):
     k, rel_rows, rel_cols, mask = _complete(q, k, rel_rows, rel_cols, kernel_size, has_keys, has_rel, mask)
-    return _call(_compiled()[0], q, k, v, rel_rows, rel_cols, kernel_size, mask)
+    return run_compiled(_compiled()[0], q, k, v, rel_rows, rel_cols, kernel_size, mask)
 
 
 def _kernel_backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size: int, has_keys: bool, has_rel: bool,
                      mask: bool):
     k, rel_rows, rel_cols, mask = _complete(q, k, rel_rows, rel_cols, kernel_size, has_keys, has_rel, mask)
-    grad_q, grad_k, grad_v, grad_rows, grad_cols = _call(
+    grad_q, grad_k, grad_v, grad_rows, grad_cols = run_compiled(
         _compiled()[1], grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size, mask)
     return grad_q, grad_k if has_keys else None, grad_v, *((grad_rows, grad_cols) if has_rel else (None, None))
 

@@ -18,13 +18,10 @@ import torch
 from torch import Tensor
 
 from . import fused
+from .errors import BackendUnavailable
 
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
-
-
-class BackendUnavailable(ValueError):
-    """The backend cannot run here (no compiler, or a tensor on another device)."""
 
 
 def _cpu_identity() -> str:

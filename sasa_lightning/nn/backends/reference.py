@@ -81,6 +81,20 @@ def project(x: Tensor, weight: Tensor, heads: int) -> Tensor:
     return out.unflatten(1, (heads, -1))
 
 
+def project_qkv(
+    x: Tensor, query_weight: Tensor, key_weight: Tensor | None, value_weight: Tensor, heads: int,
+    key_bias: Tensor | None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The layer's q, k (None without key weights; plus key_bias, absolute positions) and v."""
+    q = project(x, query_weight, heads)
+    k = None
+    if key_weight is not None:
+        k = project(x, key_weight, heads)
+        if key_bias is not None:
+            k = k + key_bias.unflatten(1, (heads, -1))
+    return q, k, project(x, value_weight, heads)
+
+
 def local_self_attention(
     x: Tensor,
     query_weight: Tensor,
@@ -93,11 +107,5 @@ def local_self_attention(
     key_bias: Tensor | None,
     padding: str,
 ) -> Tensor:
-    q = project(x, query_weight, heads)
-    k = None
-    if key_weight is not None:
-        k = project(x, key_weight, heads)
-        if key_bias is not None:
-            k = k + key_bias.unflatten(1, (heads, -1))
-    v = project(x, value_weight, heads)
+    q, k, v = project_qkv(x, query_weight, key_weight, value_weight, heads, key_bias)
     return local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding).flatten(1, 2)

@@ -1,0 +1,6 @@
+"""What a backend raises when it cannot run a call here."""
+
+
+class BackendUnavailable(ValueError):
+    """The backend cannot run here: no compiler for its kernel, a tensor on a device it does not
+    serve, or gradients where it has no backward."""
