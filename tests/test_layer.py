@@ -97,3 +97,21 @@ def test_the_output_may_be_changed_in_place(backend):
 
     for got, expected in zip(grads(other), grads(reference)):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "compiled"])
+@pytest.mark.parametrize("positional", ["relative", "absolute"])
+@pytest.mark.parametrize("chunk_elements,expected_chunks", [(2 * 3 * 16 * 30, 4), (3 * 2 * 2 * 30, 32)])
+def test_chunks_of_images_and_of_heads_match_reference(backend, positional, chunk_elements, expected_chunks,
+                                                       monkeypatch):
+    """The fused layer's loop over two images at a time, and over pairs of heads of one image."""
+    from sasa_lightning.nn.backends import fused
+
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", chunk_elements)
+    assert len(fused.plan_chunks(8, 8, 2, 30)) == expected_chunks
+    reference = LocalSelfAttention2d(6, 16, kernel_size=3, heads=8, positional=positional, backend="reference").double()
+    other = copy.deepcopy(reference)
+    other.backend = backend
+    x = torch.randn(8, 6, 5, 6, dtype=torch.float64)
+    for got, expected in zip(grads_of(other, x), grads_of(reference, x)):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)

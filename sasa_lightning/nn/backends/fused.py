@@ -13,11 +13,13 @@ probabilities from lse (as flash attention does): a following in-place op cannot
 backward needs.
 
 The layer's Function keeps only its input x (and lse), runs the 1x1 projections and the kernel a
-few images at a time, and recomputes the projections in backward, so a layer stores what a
-convolution stores.
+chunk at a time (a few images, or a group of heads of one large image), and recomputes the
+projections in backward, so a layer stores what a convolution stores.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -55,15 +57,35 @@ class LocalAttention(torch.autograd.Function):
         return (None, *grads, None, None)
 
 
-# Images per chunk of the layer's loop: their q, k and v (and gradients) hold at most this many
-# elements, and at most a quarter of the batch, so the layer's extra memory stays a fraction of
-# one activation at any batch size and resolution.
+# A chunk of the layer's loop: its q, k and v (and their gradients) hold at most this many
+# elements, and at most a quarter of the batch's images; an image larger than that is cut into
+# groups of heads. So the layer's extra memory stays a fraction of one activation at any batch
+# size and resolution.
 CHUNK_ELEMENTS = 2**21
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Images [images.start, images.stop) x heads [heads.start, heads.stop): one step of the loop."""
+
+    images: slice
+    heads: slice
+    channels: slice  # the heads' channels of the layer's output
+
+
+def plan_chunks(batch: int, heads: int, head_dim: int, pixels: int) -> list[Chunk]:
+    per_head = 3 * head_dim * pixels
+    if heads * per_head > CHUNK_ELEMENTS:
+        group = max(1, CHUNK_ELEMENTS // per_head)
+        return [Chunk(slice(i, i + 1), slice(h, min(heads, h + group)), slice(h * head_dim, min(heads, h + group) * head_dim))
+                for i in range(batch) for h in range(0, heads, group)]
+    images = max(1, min(CHUNK_ELEMENTS // (heads * per_head), -(-batch // 4)))
+    return [Chunk(slice(i, i + images), slice(0, heads), slice(0, heads * head_dim)) for i in range(0, batch, images)]
+
+
 class LocalSelfAttention(torch.autograd.Function):
-    """Projections + attention, a few images at a time, keeping only x and the log-sum-exp;
-    backward recomputes q, k and v chunk by chunk and takes the projections' gradients by hand."""
+    """Projections + attention, a chunk at a time, keeping only x and the log-sum-exp; backward
+    recomputes q, k and v chunk by chunk and takes the projections' gradients by hand."""
 
     @staticmethod
     def forward(ctx, kernel, x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols, kernel_size,
@@ -77,11 +99,12 @@ class LocalSelfAttention(torch.autograd.Function):
         flags = (key_weight is not None, rel_rows is not None, mask)
         out = x32.new_empty((x.shape[0], query_weight.shape[0], *x.shape[2:]))
         lse = x32.new_empty((x.shape[0], heads, *x.shape[2:]))
-        for chunk in _chunks(x32, query_weight.shape[0]):
+        for chunk in plan_chunks(x.shape[0], heads, query_weight.shape[0] // heads, x.shape[2] * x.shape[3]):
             with torch.autocast(device, enabled=False):  # the kernel computes in float32
-                q, k, v = _project(x32[chunk], weights, bias, heads)
-            out_chunk, lse[chunk] = kernel.forward(q, k, v, *rel, kernel_size, *flags)
-            out[chunk] = out_chunk.flatten(1, 2)
+                q, k, v = _project(x32[chunk.images], weights, bias, chunk)
+            out_chunk, lse[chunk.images, chunk.heads] = kernel.forward(
+                q, k, v, *_heads_of(rel, chunk), kernel_size, *flags)
+            out[chunk.images, chunk.channels] = out_chunk.flatten(1, 2)
         ctx.save_for_backward(x32, *weights, bias, *rel, lse)
         ctx.kernel, ctx.kernel_size, ctx.heads, ctx.flags = kernel, kernel_size, heads, flags
         ctx.dtypes = (x.dtype, query_weight.dtype, rel_rows.dtype if rel_rows is not None else None)
@@ -94,35 +117,35 @@ class LocalSelfAttention(torch.autograd.Function):
         x, *saved = ctx.saved_tensors
         has_keys, has_rel, _ = ctx.flags
         weights, (bias, rel_rows, rel_cols, lse) = saved[: 2 + has_keys], saved[2 + has_keys :]
-        heads, channels = ctx.heads, weights[0].shape[0]
+        heads = ctx.heads
         grad_out = grad_out.to(x.dtype).contiguous()
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[1] else None
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[1] else None
         grad_weights = [torch.zeros_like(w) for w in weights]
         grad_bias = None if bias is None else torch.zeros_like(bias)
         grad_rel = [torch.zeros_like(rel_rows), torch.zeros_like(rel_cols)] if has_rel else [None, None]
-        for chunk in _chunks(x, channels):
+        for chunk in plan_chunks(x.shape[0], heads, weights[0].shape[0] // heads, x.shape[2] * x.shape[3]):
+            x_chunk = x[chunk.images]
             with torch.autocast(x.device.type, enabled=False):
-                q, k, v = _project(x[chunk], weights, bias, heads)
-            split = lambda t: t.unflatten(1, (heads, -1))  # noqa: E731
+                q, k, v = _project(x_chunk, weights, bias, chunk)
             grad_q, grad_k, grad_v, grad_rows, grad_cols = ctx.kernel.backward(
-                split(grad_out[chunk]), q, k, v, rel_rows, rel_cols, lse[chunk], ctx.kernel_size, *ctx.flags)
+                grad_out[chunk.images, chunk.channels].unflatten(1, (q.shape[1], -1)), q, k, v,
+                *_heads_of((rel_rows, rel_cols), chunk), lse[chunk.images, chunk.heads], ctx.kernel_size, *ctx.flags)
             # The 1x1 projections, one weight at a time (no concatenated copies): d x = sum of
             # W^T d(qkv), d W = the sum over pixels of d(qkv) x^T.
-            x_chunk = x[chunk].flatten(2)
+            x_chunk = x_chunk.flatten(2)
             grads = [g.flatten(1, 2).flatten(2) for g in (grad_q, grad_k, grad_v) if g is not None]
             if grad_x is not None:
-                grad_x_chunk = grad_x[chunk].flatten(2)
-                torch.matmul(weights[0].t(), grads[0], out=grad_x_chunk)
-                for weight, grad in zip(weights[1:], grads[1:]):
-                    grad_x_chunk.baddbmm_(weight.t().expand(len(grad), -1, -1), grad)
+                grad_x_chunk = grad_x[chunk.images].flatten(2)
+                for weight, grad in zip(weights, grads):
+                    grad_x_chunk.baddbmm_(weight[chunk.channels].t().expand(len(grad), -1, -1), grad)
             for grad_weight, grad in zip(grad_weights, grads):
                 # Per image, then summed: einsum would first copy both into (channels, pixels).
-                grad_weight += torch.bmm(grad, x_chunk.transpose(1, 2)).sum(0)
+                grad_weight[chunk.channels] += torch.bmm(grad, x_chunk.transpose(1, 2)).sum(0)
             if grad_bias is not None:
-                grad_bias += grad_k.flatten(1, 2).sum(0, keepdim=True)
+                grad_bias[:, chunk.channels] += grad_k.flatten(1, 2).sum(0, keepdim=True)
             if has_rel:
-                grad_rel[0] += grad_rows
-                grad_rel[1] += grad_cols
+                grad_rel[0][chunk.heads] += grad_rows
+                grad_rel[1][chunk.heads] += grad_cols
         x_dtype, weight_dtype, rel_dtype = ctx.dtypes
         grad_weights = [g.to(weight_dtype) for g in grad_weights]
         if not has_keys:
@@ -134,23 +157,23 @@ class LocalSelfAttention(torch.autograd.Function):
         )
 
 
-def _chunks(x: Tensor, out_channels: int) -> list[slice]:
-    per_image = 3 * out_channels * x.shape[2] * x.shape[3]
-    images = max(1, min(CHUNK_ELEMENTS // per_image, -(-x.shape[0] // 4)))
-    return [slice(start, start + images) for start in range(0, x.shape[0], images)]
+def _heads_of(rel: list[Tensor] | tuple[Tensor, ...], chunk: Chunk) -> list[Tensor]:
+    """The chunk's heads of the relative embeddings (empty tensors, the kernels' "none", stay)."""
+    return [t[chunk.heads] if t.numel() else t for t in rel]
 
 
-def _project(x: Tensor, weights: list[Tensor], key_bias: Tensor | None, heads: int):
-    """q, k, v (B, N, D, H, W) from the 1x1 projections by weights (query, [key,] value), each
-    its own matrix product, so that each comes out contiguous; k is empty (the kernels' "no
-    keys") without key weights."""
+def _project(x: Tensor, weights: list[Tensor], key_bias: Tensor | None, chunk: Chunk):
+    """The chunk's q, k, v (B, N, D, H, W) from the 1x1 projections by weights (query, [key,]
+    value), each its own matrix product, so that each comes out contiguous; k is empty (the
+    kernels' "no keys") without key weights."""
     # Matrix products: measured twice as fast as the same 1x1 convolutions through mkldnn on CPU.
     flat = x.flatten(2)
-    parts = [torch.matmul(w, flat).view(x.shape[0], heads, -1, *x.shape[2:]) for w in weights]
+    heads = chunk.heads.stop - chunk.heads.start
+    parts = [torch.matmul(w[chunk.channels], flat).view(x.shape[0], heads, -1, *x.shape[2:]) for w in weights]
     if len(parts) == 2:
         parts.insert(1, x.new_empty(0))
     elif key_bias is not None:
-        parts[1] = parts[1] + key_bias.view(1, heads, -1, *x.shape[2:])
+        parts[1] = parts[1] + key_bias[:, chunk.channels].view(1, heads, -1, *x.shape[2:])
     return parts
 
 
