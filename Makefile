@@ -34,7 +34,7 @@ $(PYTHON):
 	python3 -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml constraints.txt | $(PYTHON)
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[ffcv,deepspeed,test]'
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[ffcv,deepspeed,test,bench]'
 	touch $@
 
 demo: install

@@ -7,7 +7,7 @@ bf16 autocast. The ratio column is images/s against the conv model of the same d
 
     python benchmarks/model.py                      # or: sasa bench model
     python benchmarks/model.py --quick              # small images, a smoke test
-    python benchmarks/model.py --backends cpu,chunked
+    python benchmarks/model.py --backends cpu,compiled
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = [("resnet26", "sasa_resnet26"), ("resnet50", "sasa_resnet50")]
+DEFAULT_BACKENDS = {"cpu": "cpu,chunked", "cuda": "flex,compiled,chunked"}
 SETTINGS = {"cpu": {"size": 128, "batch": 32, "bf16": False}, "cuda": {"size": 224, "batch": 128, "bf16": True}}
 
 
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64x64 images, ResNet-26 only (a smoke test)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
-    parser.add_argument("--backends", default="cpu,chunked", help="attention backends to measure, comma-separated")
+    parser.add_argument("--backends", default=None,
+                        help="attention backends to measure, comma-separated (default: cpu,chunked on CPU; "
+                             "flex,compiled,chunked on CUDA)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when there is one")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/model-<device>.json)")
     parser.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = PAIRS
     if args.quick:
         settings["size"], pairs = 64, PAIRS[:1]
-    backends = [b for b in args.backends.split(",") if b]
+    backends = [b for b in (args.backends or DEFAULT_BACKENDS[device]).split(",") if b]
     rows = []
     print(f"{'model':>14} {'backend':>8} {'images/s':>9} {'x conv':>7} {'peak MiB':>9}")
     for conv_name, sasa_name in pairs:

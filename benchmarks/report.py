@@ -10,12 +10,13 @@ from pathlib import Path
 
 
 def write_report(out: Path, benchmark: str, **fields) -> Path:
-    """Write {benchmark, device, torch, date, **fields} to `out` under a temporary name, then rename."""
+    """Write {benchmark, device, [gpu,] torch, date, **fields} to `out` under a temporary name, then rename."""
     import torch
 
     report = {
         "benchmark": benchmark,
         "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads",
+        **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **fields,

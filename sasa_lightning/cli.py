@@ -98,7 +98,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="the .ckpt file to write")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
-    bench.add_argument("name", choices=("layer", "model", "data", "scaling"))
+    bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 

@@ -69,11 +69,25 @@ def test_summary_rejects_an_unknown_table():
 @pytest.mark.slow
 def test_layer_benchmark_runs_and_records(tmp_path):
     out = tmp_path / "layer.json"
-    assert main(["bench", "layer", "--quick", "--repeats", "1", "--out", str(out)]) == 0
+    variants = ["conv3x3", "sasa_cpu", "sasa_chunked", "public_unfold", "halo_timm"]
+    assert main(["bench", "layer", "--quick", "--repeats", "1", "--variants", ",".join(variants), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    variants = {r["variant"] for r in report["results"]}
-    assert {"conv3x3", "sasa_cpu", "sasa_chunked", "sasa_reference", "public_unfold"} <= variants
-    assert all(r["time_s"] > 0 and r["peak_mib"] >= 0 for r in report["results"])
+    assert [r["variant"] for r in report["results"]] == variants
+    assert all(r["time_s"] > 0 and r["peak_mib"] >= 0 and r["gflops"] > 0 for r in report["results"])
+    assert 0 < report["results"][1]["fraction_of_matmul"] < 1 < report["matmul_gflops"]
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_records_and_plots(tmp_path):
+    out = tmp_path / "memory.json"
+    assert main(["bench", "memory", "--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["kind"], r["variant"], r["size"]) for r in report["results"]] == [
+        ("layer", "conv3x3", 32), ("layer", "conv3x3", 64), ("layer", "sasa_cpu", 32), ("layer", "sasa_cpu", 64),
+        ("model", "resnet50", 32), ("model", "resnet50", 64), ("model", "sasa_resnet50 cpu", 32),
+        ("model", "sasa_resnet50 cpu", 64)]
+    assert all(r["peak_mib"] > 0 if r["kind"] == "model" else r["peak_mib"] >= 0 for r in report["results"])
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
