@@ -11,9 +11,10 @@ which are scatters over windows, become gathers too: the key at (u, v) receives 
 at (u + p - a, v + p - c), which are the windows of the zero-padded queries once the weights'
 offsets are flipped (`_transposed_window_sum`).
 
-The first call compiles, once for every shape and option (about a minute on a 2-core CPU;
-inductor caches the result on disk, in $TORCHINDUCTOR_CACHE_DIR or the system's temporary
-folder, so later processes load it in seconds).
+The first call compiles one graph for every shape and option (about a minute on a 2-core CPU;
+a dimension of size 1, or an image smaller than the window, compiles a second one). Inductor
+caches them on disk, in $TORCHINDUCTOR_CACHE_DIR or the system's temporary folder, so later
+processes load them in seconds.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ def _backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size: int, mask
     )
 
 
-# Dynamo's settings for the package's compiled calls only. Every shape is compiled as symbolic from the first
-# call, size-1 dimensions included (a model's layers differ in every dimension, and inference
-# often has batch 1), and without duck sizing, which would guard on dimensions that happen to be
-# equal (batch == heads). Hitting the recompile limit raises rather than falling back to running
-# the formulation eagerly, which would expand keys and values k^2 times.
+# Dynamo's settings for the package's compiled calls only. Shapes are symbolic from the first
+# call (a model's layers differ in every dimension), without duck sizing, which would guard on
+# dimensions that happen to be equal (batch == heads) and recompile when they differ. Hitting
+# the recompile limit raises rather than falling back to running the formulation eagerly, which
+# would expand keys and values k^2 times.
 _DYNAMO_CONFIG = {"recompile_limit": 16, "fail_on_recompile_limit_hit": True}
 _SHAPE_CONFIG = {"use_duck_shape": False}
 
