@@ -12,7 +12,7 @@ def _seed():
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Force the chunked backend to cut even tiny inputs into many tiles (rows and images), and
-    the fused backends' layer (cpu, compiled) to take one image at a time."""
+    the fused backends' layer (cpu, compiled) to take one head of one image at a time."""
     monkeypatch.setattr(chunked, "TILE_ELEMENTS", 200)
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 200)
 

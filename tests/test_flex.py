@@ -7,7 +7,7 @@ import torch
 
 from sasa_lightning.nn import LocalSelfAttention2d, functional
 from sasa_lightning.nn.backends.errors import BackendUnavailable
-from test_operator import CASES, assert_all_close, forward_backward, make_inputs
+from test_operator import CASES, forward_backward, make_inputs
 
 OPTIONS = list(itertools.product(["zeros", "mask"], [(True, True), (True, False), (False, True)]))
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="flex's backward runs on CUDA only")

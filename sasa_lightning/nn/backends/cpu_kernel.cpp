@@ -13,8 +13,8 @@
 //
 // Forward returns, beside the output, the log-sum-exp of each pixel's logits (B, N, H, W), and
 // backward needs only that and the inputs: it recomputes the probabilities, as flash attention
-// does. Backward adds the gradients of
-// k and v into the task's own padded planes: tasks never write to the same memory.
+// does. Backward adds the gradients of k and v into the task's own padded planes: tasks never
+// write to the same memory.
 
 #include <torch/extension.h>
 

@@ -7,8 +7,8 @@ A kernel is an object with two functions, the C++ extension's signature:
   -> (grad_q, grad_k, grad_v, grad_rel_rows, grad_rel_cols)
 
 q, k, v, out are (B, N, D, H, W) and contiguous; lse is the log-sum-exp of each pixel's logits
-(B, N, H, W); an absent k or relative embedding is passed as an empty tensor and its gradient is
-ignored. Forward keeps the inputs and lse, never the output, and backward recomputes the
+(B, N, H, W); an absent k or relative embedding is passed as an empty tensor, and grad_k comes
+back as None (the embeddings' gradients are ignored). Forward keeps the inputs and lse, never the output, and backward recomputes the
 probabilities from lse (as flash attention does): a following in-place op cannot corrupt what
 backward needs.
 
