@@ -27,28 +27,3 @@ def _compiled_backend_runs_eagerly(request):
         return
     with torch.compiler.set_stance("force_eager"):
         yield
-
-
-
-_exit_status = 0
-
-
-def pytest_sessionfinish(session, exitstatus):
-    global _exit_status
-    _exit_status = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Leave with pytest's status, after its report, before interpreter teardown.
-
-    With the whole suite in one process, a native thread left by a library (it appeared with the
-    detection and COCO tests added to the FFCV and DeepSpeed ones; each file alone exits
-    cleanly) makes teardown call std::terminate, which turns a passing run into exit status 134.
-    """
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)

@@ -38,8 +38,9 @@ def ffcv_epoch(loader, epoch: int, start: int, decoder=None, resolution_at=None)
     at its first batch; this is Loader.__iter__ (ffcv 1.0.2) with the epoch and the first batch
     given, so a resumed run sees the order and the batches an uninterrupted one would.
     """
-    from ffcv.loader.epoch_iterator import EpochIterator
     from ffcv.pipeline.compiler import Compiler
+
+    from .ffcv_epoch import JoinedEpochIterator
 
     if decoder is not None:
         size = resolution_at(epoch)
@@ -50,7 +51,7 @@ def ffcv_epoch(loader, epoch: int, start: int, decoder=None, resolution_at=None)
     loader.next_epoch += 1
     if loader.code is None or loader.recompile:
         loader.generate_code()
-    return EpochIterator(loader, order)
+    return JoinedEpochIterator(loader, order)
 
 
 class FFCVImageNet(ImageDataModule):
@@ -97,8 +98,8 @@ class FFCVImageNet(ImageDataModule):
     def _image_tail(self):
         from ffcv.transforms import NormalizeImage, ToTensor, ToTorchImage
 
-        # Keep the numba-jitted operations together: FFCV 1.0.2 hangs on a jitted ->
-        # not-jitted -> jitted pipeline (see NOTES), so normalise before ToTensor.
+        # Keep the numba-jitted operations together: on a jitted -> not-jitted -> jitted
+        # pipeline FFCV 1.0.2's Graph.group_operations never returns, so normalise before ToTensor.
         mean = np.array(self.mean) * 255
         std = np.array(self.std) * 255
         return [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage()]
