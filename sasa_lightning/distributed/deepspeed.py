@@ -9,17 +9,27 @@ Unlike DDP, DeepSpeed never broadcasts buffers after its start, so each process'
 statistics (and their EMA) drift apart with its own batches. Evaluation during training first
 gives every process rank 0's buffers, as DDP does before each forward: the processes then score
 their shares with one model, the one the checkpoint holds.
+
+`precision="bf16-mixed"` means here what it means under DDP: fp32 weights, with the forward in
+bf16 by torch.autocast (DeepSpeed's `torch_autocast` section), gradients and their reduction in
+fp32. Lightning would turn on DeepSpeed's `bf16` mode instead, which casts every parameter to
+bf16 and leaves the buffers in fp32: batch norm then refuses to mix bf16 weights with fp32
+running statistics, and a weight EMA held in bf16 stops moving (a 0.9999 update rounds away).
+A config that sets `bf16` or `torch_autocast` itself keeps what it sets.
 """
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
 from lightning.fabric.utilities.seed import reset_seed
+from ..errors import ConfigError
+from .safe_load import check_deepspeed_checkpoint
 
 
 BATCH_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
@@ -76,7 +86,7 @@ def check_deepspeed_config(config: dict) -> None:
         key = unknown[0]
         close = difflib.get_close_matches(key, sorted(probe.read), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(f"DeepSpeed config key {key!r} is not one DeepSpeed reads ({hint}DeepSpeed would silently ignore it)")
+        raise ConfigError(f"DeepSpeed config key {key!r} is not one DeepSpeed reads ({hint}DeepSpeed would silently ignore it)")
 
 
 class DeepSpeedStrategy(LightningDeepSpeedStrategy):
@@ -85,12 +95,19 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
         if isinstance(self.config, dict):  # given as a dict or a JSON file (Lightning has loaded it)
             check_deepspeed_config(self.config)
 
+    def _format_config(self) -> None:
+        if self.precision_plugin.precision == "bf16-mixed" and not {"bf16", "torch_autocast"} & set(self.config):
+            # Empty safe-module list: no gradient is communicated in bf16.
+            self.config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+            self.config["bf16"] = {"enabled": False}
+        super()._format_config()
+
     def setup(self, trainer) -> None:
         stage = self.config.get("zero_optimization", {}).get("stage", 0) if isinstance(self.config, dict) else 0
         if stage == 3 and getattr(self.lightning_module, "ema", None) is not None:
             # ZeRO-3 leaves each process an empty placeholder per parameter, so an average of
             # model.state_dict() would silently stay at its initial value.
-            raise ValueError(
+            raise ConfigError(
                 "the weight EMA needs whole parameters, which ZeRO stage 3 partitions; use ZeRO stage 1 or 2, "
                 "or turn the EMA off with --model.init_args.ema_decay null"
             )
@@ -102,6 +119,12 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
             if param.dim() and param.data.stride(-1) != 1:
                 param.data = param.data.clone(memory_format=torch.contiguous_format)
         super().setup(trainer)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        # DeepSpeed unpickles the directory's files with weights_only=False: check them first.
+        if Path(checkpoint_path).is_dir():
+            check_deepspeed_checkpoint(checkpoint_path)
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     def on_validation_start(self) -> None:
         super().on_validation_start()
