@@ -11,6 +11,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from .atomic import atomic_write
+from .errors import ConfigError
 
 
 def _format(metrics: dict, keys) -> str:
@@ -85,7 +86,7 @@ class PredictionWriter(L.pytorch.callbacks.BasePredictionWriter):
     def __init__(self, draw: bool = False, draw_threshold: float = 0.3) -> None:
         super().__init__(write_interval="epoch")
         if not 0 <= draw_threshold <= 1:
-            raise ValueError(f"draw_threshold is a score between 0 and 1, got {draw_threshold}")
+            raise ConfigError(f"draw_threshold is a score between 0 and 1, got {draw_threshold}")
         self.draw, self.draw_threshold = draw, draw_threshold
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:

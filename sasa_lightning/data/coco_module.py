@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..errors import ConfigError
 from .coco import CocoDetection, ImageFiles, image_files, load_coco
 from .epoch_loader import EpochLoader, batches_done, replicas
 from .errors import DataError
@@ -103,7 +104,7 @@ class COCODetectionData(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.max_size, self.scale_range, self.flip = max_size, tuple(scale_range), flip

@@ -1,7 +1,9 @@
 """Errors about what the user gave (paths, files, options), reported by the CLI as one line."""
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data path or file that cannot be used, with what would be right."""
 
 

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import lightning as L
 
+from ..errors import ConfigError
 from .epoch_loader import batches_done, replicas
 from .errors import DataError
 
@@ -37,7 +38,7 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.num_classes, self.batch_size, self.num_workers = num_classes, batch_size, num_workers
         self.resolution, self.val_resolution, self.val_crop_ratio = resolution, val_resolution, val_crop_ratio
         self.scale, self.ratio, self.flip = tuple(scale), tuple(ratio), flip

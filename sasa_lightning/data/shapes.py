@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from ..errors import ConfigError
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"})
 SPLITS = ("train2017", "val2017")
@@ -73,9 +74,9 @@ def make_shapes(root: str | os.PathLike, train_images: int = 2000, val_images: i
                 seed: int = 0) -> Path:
     """Write the data set under `root` (replacing it); a temporary folder is renamed at the end."""
     if train_images < 1 or val_images < 1:
-        raise ValueError(f"make-shapes needs at least one image per split, got {train_images} train and {val_images} val")
+        raise ConfigError(f"make-shapes needs at least one image per split, got {train_images} train and {val_images} val")
     if image_size < 64:
-        raise ValueError(f"image_size must be at least 64 pixels (shapes are up to 60), got {image_size}")
+        raise ConfigError(f"image_size must be at least 64 pixels (shapes are up to 60), got {image_size}")
     root = Path(root)
     partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 from .resnet import ResNet
 from .retinanet import retinanet
 
@@ -34,11 +35,11 @@ def _options(builder: Callable[..., nn.Module]) -> list[str]:
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model, with any of its options overridden by keyword."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     builder = _MODELS[name]
     unknown = sorted(set(overrides) - set(_options(builder)))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for model {name!r}; valid options: {_options(builder)}")
+        raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; valid options: {_options(builder)}")
     return builder(**overrides)
 
 
@@ -78,7 +79,7 @@ def _retinanet(attention: bool) -> Callable[..., nn.Module]:
         score_threshold: float = 0.05,
     ) -> nn.Module:
         if depth not in RESNET_BLOCKS:
-            raise ValueError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
+            raise ConfigError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
         body = ResNet(RESNET_BLOCKS[depth], stem=stem, attention_stages=ALL_STAGES if attention else (),
                       kernel_size=kernel_size, backend=backend, base_width=base_width)
         return retinanet(body, num_classes, fpn, heads, min_size, max_size, backend, channels, anchor_size, kernel_size,

@@ -12,6 +12,7 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..nn import AttentionStem, LocalSelfAttention2d
+from ..errors import ConfigError
 
 STAGES = 4
 EXPANSION = 4
@@ -73,15 +74,15 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
         if len(blocks) != STAGES:
-            raise ValueError(f"blocks must give {STAGES} stages, got {tuple(blocks)}")
+            raise ConfigError(f"blocks must give {STAGES} stages, got {tuple(blocks)}")
         if base_width < 1 or (attention_stages and base_width % heads):
-            raise ValueError(f"base_width must be a positive multiple of the attention heads ({heads}), got {base_width}")
+            raise ConfigError(f"base_width must be a positive multiple of the attention heads ({heads}), got {base_width}")
         widths = [base_width * 2**stage for stage in range(STAGES)]
         bad = [s for s in attention_stages if s not in (1, 2, 3, 4)]
         if bad:
-            raise ValueError(f"attention_stages are stage numbers 1-4, got {tuple(attention_stages)}")
+            raise ConfigError(f"attention_stages are stage numbers 1-4, got {tuple(attention_stages)}")
         self.stem_kind, self.attention_stages = stem, tuple(sorted(attention_stages))
         attention = dict(
             kernel_size=kernel_size, heads=heads, positional=positional, logits=logits, padding=padding, backend=backend

@@ -26,6 +26,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from ..errors import ConfigError
 from ..nn import LocalSelfAttention2d
 from .resnet import ResNet
 
@@ -37,7 +38,7 @@ ATTENTION = dict(kernel_size=7, heads=8)
 
 def _check(name: str, value: str) -> None:
     if value not in LAYER_CHOICES:
-        raise ValueError(f"{name} must be one of {LAYER_CHOICES}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {LAYER_CHOICES}, got {value!r}")
 
 
 class ResNetFPN(nn.Module):

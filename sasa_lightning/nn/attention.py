@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .functional import BACKEND_NAMES, PADDING_MODES, local_self_attention
 from .positional import POSITIONAL_MODES, RelativeEmbedding2d, sinusoidal_2d
 
@@ -13,7 +14,7 @@ LOGITS_MODES = ("qk+qr", "qr")
 
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 class LocalSelfAttention2d(nn.Module):
@@ -45,11 +46,11 @@ class LocalSelfAttention2d(nn.Module):
         _check_choice("backend", backend, BACKEND_NAMES)
         _check_choice("stride", stride, (1, 2))
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
+            raise ConfigError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
         if out_channels % heads:
-            raise ValueError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
+            raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
         if logits == "qr" and positional != "relative":
-            raise ValueError(f"logits='qr' uses relative positions only, so positional must be 'relative', got {positional!r}")
+            raise ConfigError(f"logits='qr' uses relative positions only, so positional must be 'relative', got {positional!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.heads, self.stride = kernel_size, heads, stride
         self.positional, self.logits, self.padding, self.backend = positional, logits, padding, backend

@@ -15,6 +15,7 @@ from types import ModuleType
 
 from torch import Tensor
 
+from ..errors import ConfigError
 from .backends import BACKENDS, cpu
 from .backends.errors import BackendUnavailable
 
@@ -33,11 +34,11 @@ def resolve_backend(backend: str, device_type: str) -> ModuleType:
     if backend == "auto":
         backend = os.environ.get(BACKEND_ENV) or "auto"
         if backend not in BACKEND_NAMES:
-            raise ValueError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
+            raise ConfigError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
     if backend == "auto":
         backend = "cpu" if device_type == "cpu" and _cpu_kernel_builds() else "chunked"
     if backend not in BACKENDS:
-        raise ValueError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
+        raise ConfigError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
     return BACKENDS[backend]
 
 
@@ -55,9 +56,9 @@ def _check(
     heads: int, head_dim: int, has_keys: bool, rel_rows: Tensor | None, rel_cols: Tensor | None, kernel_size: int, padding: str
 ) -> None:
     if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        raise ConfigError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
+        raise ConfigError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
     if (rel_rows is None) != (rel_cols is None):
         raise ValueError("rel_rows and rel_cols must both be given or both be None")
     if not has_keys and rel_rows is None:
@@ -118,7 +119,7 @@ def local_self_attention(
     """
     out_channels = query_weight.shape[0]
     if out_channels % heads:
-        raise ValueError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
+        raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
     _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size, padding)
     impl = resolve_backend(backend, x.device.type)
     return impl.local_self_attention(

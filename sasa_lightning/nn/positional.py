@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from ..errors import ConfigError
 
 POSITIONAL_MODES = ("relative", "absolute", "none")
 
@@ -22,7 +23,7 @@ class RelativeEmbedding2d(nn.Module):
     def __init__(self, heads: int, head_dim: int, kernel_size: int) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"relative embeddings split each head's channels into rows and columns, so channels per "
                 f"head must be even; got {head_dim} (use out_channels divisible by 2 * heads)"
             )
@@ -36,7 +37,7 @@ class RelativeEmbedding2d(nn.Module):
 def sinusoidal_2d(channels: int, height: int, width: int, device=None, dtype=None) -> Tensor:
     """(1, channels, H, W) fixed embedding: first half encodes the row, second half the column."""
     if channels % 4:
-        raise ValueError(f"2-D sinusoidal embeddings need channels divisible by 4, got {channels}")
+        raise ConfigError(f"2-D sinusoidal embeddings need channels divisible by 4, got {channels}")
     quarter = channels // 4
     freqs = torch.exp(torch.arange(quarter, device=device, dtype=torch.float64) * (-math.log(10000.0) / quarter))
 

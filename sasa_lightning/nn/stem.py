@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .positional import RelativeEmbedding2d
 
 STEM_VALUES = ("spatially_aware", "conv", "plain")
@@ -38,9 +39,9 @@ class AttentionStem(nn.Module):
     ) -> None:
         super().__init__()
         if values not in STEM_VALUES:
-            raise ValueError(f"values must be one of {STEM_VALUES}, got {values!r}")
+            raise ConfigError(f"values must be one of {STEM_VALUES}, got {values!r}")
         if out_channels % heads:
-            raise ValueError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
+            raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
         self.in_channels, self.out_channels, self.heads, self.block = in_channels, out_channels, heads, block
         self.values, self.mixtures = values, mixtures
         self.query = nn.Parameter(torch.randn(out_channels, in_channels) * in_channels**-0.5)
@@ -92,7 +93,7 @@ class AttentionStem(nn.Module):
         """The attention part alone: (B, C_in, H, W) -> (B, C_out, H, W)."""
         batch, _, height, width = x.shape
         if height % self.block or width % self.block:
-            raise ValueError(f"AttentionStem needs H and W divisible by {self.block}, got {height}x{width}")
+            raise ConfigError(f"AttentionStem needs H and W divisible by {self.block}, got {height}x{width}")
         q = self._to_blocks(torch.einsum("oi,bihw->bohw", self.query, x))
         k = self._to_blocks(torch.einsum("oi,bihw->bohw", self.key, x))
         v = self._to_blocks(self._values(x))

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.models.detection import RetinaNet
 
 from ..models import create_model
+from ..errors import ConfigError
 from .optim import OPTIMIZERS, global_batch_size, scaled_learning_rate, sgd_warmup_cosine
 from .train_means import TrainMeans
 from .weights import load_backbone
@@ -51,6 +52,8 @@ class ObjectDetector(L.LightningModule):
     """
 
     checkpoint_metric = "val/map"  # what the "best" checkpoint follows (higher is better)
+    # Set from the data module when training starts, so a checkpoint may differ from the config.
+    hparams_from_data = ("category_ids", "category_names")
 
     def __init__(
         self,
@@ -71,13 +74,13 @@ class ObjectDetector(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(model, num_classes=num_classes, **(model_options or {}))
         if not isinstance(self.model, RetinaNet):
-            raise ValueError(f"ObjectDetector needs a detector; {model!r} is not one (use retinanet_resnet50 or "
+            raise ConfigError(f"ObjectDetector needs a detector; {model!r} is not one (use retinanet_resnet50 or "
                              f"retinanet_sasa_resnet50)")
         for name, values in (("category_ids", category_ids), ("category_names", category_names)):
             if values is not None and len(values) != num_classes:
-                raise ValueError(f"{name} must give one entry per class ({num_classes}), got {len(values)}")
+                raise ConfigError(f"{name} must give one entry per class ({num_classes}), got {len(values)}")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.train_means = TrainMeans(LOSSES)
         # This process's (detections, ground truth) per evaluated image, until the epoch ends.
         self._evaluated: dict[str, list] = {"val": [], "test": []}

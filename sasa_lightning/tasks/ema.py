@@ -6,6 +6,7 @@ import copy
 
 import torch
 from torch import nn
+from ..errors import ConfigError
 
 
 class EMA(nn.Module):
@@ -19,7 +20,7 @@ class EMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float) -> None:
         super().__init__()
         if not 0 < decay < 1:
-            raise ValueError(f"EMA decay must be between 0 and 1, got {decay}")
+            raise ConfigError(f"EMA decay must be between 0 and 1, got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))

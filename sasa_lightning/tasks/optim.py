@@ -7,6 +7,7 @@ import math
 
 import torch
 from torch import nn
+from ..errors import ConfigError
 
 NORM_TYPES = (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.SyncBatchNorm)
 
@@ -40,7 +41,7 @@ def global_batch_size(trainer) -> int:
     """Images per optimiser step: per-device batch x devices x gradient accumulation."""
     per_device = getattr(trainer.datamodule, "batch_size", None)
     if per_device is None:
-        raise ValueError("the data module must have a batch_size attribute (images per device) to scale the learning rate")
+        raise ConfigError("the data module must have a batch_size attribute (images per device) to scale the learning rate")
     return per_device * trainer.world_size * trainer.accumulate_grad_batches
 
 
@@ -71,7 +72,7 @@ def sgd_warmup_cosine(model: nn.Module, trainer, lr: float, momentum: float, nes
     elif optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
     else:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     warmup_steps, total_steps = schedule_steps(trainer, warmup_epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,6 +1,8 @@
 """What a backend raises when it cannot run a call here."""
 
+from ...errors import UserError
 
-class BackendUnavailable(ValueError):
+
+class BackendUnavailable(UserError, ValueError):
     """The backend cannot run here: no compiler for its kernel, a tensor on a device it does not
     serve, or gradients where it has no backward."""
