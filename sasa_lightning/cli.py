@@ -16,6 +16,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from .errors import UserError
+
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
@@ -98,7 +100,7 @@ def _tools_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="the .ckpt file to write")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
-    bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling"))
+    bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 
@@ -157,32 +159,42 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     try:
         return run(argv)
-    except USER_ERRORS as error:
+    except Exception as error:
+        message = user_error_message(error)
+        if message is None:
+            raise  # a bug: its traceback is what is needed to fix it
         # What the user gave is wrong: one line, no traceback (SASA_DEBUG=1 shows it).
-        print(f"sasa: error: {_root_message(error)}", file=sys.stderr)
+        print(f"sasa: error: {message}", file=sys.stderr)
         return 2
 
 
-USER_ERRORS = (ValueError, FileNotFoundError)  # DataError and CheckpointError are ValueErrors
+def _is_user_error(error: BaseException) -> bool:
+    """What the person running sasa can fix: our own UserError (data, checkpoints, config values,
+    backends), and a file system's refusal of a named path (a full disk, a read-only folder, a
+    parent that is a file)."""
+    return isinstance(error, UserError) or (isinstance(error, OSError) and error.filename is not None)
 
 
-def _root_message(error: BaseException) -> str:
-    """The message of the innermost user error in the chain, on one line.
+def user_error_message(error: BaseException) -> str | None:
+    """The message of the innermost user error in the chain, on one line; None when there is none.
 
     jsonargparse wraps an error raised while building a class (an unknown model name, say) in
-    its own multi-line report; the original, which says what is wrong, is at the end of the chain.
+    its own multi-line report; the original, which says what is wrong, is further down the chain.
     A failed Union is the exception: its report names every alternative's error, and the chain
     only continues with the last alternative tried.
     """
-    root, link = error, error
+    root, link = None, error
     while link is not None:
-        if isinstance(link, USER_ERRORS):
+        if str(link).startswith(UNION_REPORT):
+            return _union_reason(str(link))
+        if _is_user_error(link):
             root = link
-            if str(link).startswith(UNION_REPORT):
-                return _union_reason(str(link))
         # Follow the chain as Python's traceback does: `raise ... from None` ends it.
         link = link.__cause__ if link.__cause__ is not None else None if link.__suppress_context__ else link.__context__
-    return "; ".join(line.strip() for line in str(root).splitlines() if line.strip())
+    if root is None:
+        return None
+    text = str(root) if not isinstance(root, OSError) or root.strerror is None else f"{root.strerror}: {str(root.filename)!r}"
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 UNION_REPORT = "Does not validate against any of the Union subtypes"

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -22,9 +23,17 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .callbacks import LineProgress, PredictionWriter, Throughput
 from .checkpoint_io import AtomicCheckpointIO
+from .checkpoint_check import checkpoint_hparams, refuse_contradictions
 from .distributed.preemption import Preemption
+from .tasks.weights import CheckpointError
 
 
+# Model options set from the data module when the classes are built (add_arguments_to_parser).
+LINKED_FROM_DATA = ("num_classes",)
+# The task options that choose the network, compared when validate/test/predict read a checkpoint.
+ARCHITECTURE_OPTIONS = ("model", "model_options")
+# --ckpt_path values Lightning resolves itself to this run's own checkpoints.
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 DEFAULT_METRIC = "val/acc1"  # the best checkpoint's, unless the task names its own checkpoint_metric
 
 
@@ -80,9 +89,32 @@ class SasaCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        for option in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{option}", f"model.init_args.{option}", apply_on="instantiate")
         # `sasa predict ... --predictions.draw true`
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a --ckpt_path file or DeepSpeed directory before Lightning reads it.
+
+        Lightning would replace the command line's model options by the checkpoint's without a
+        word (a resume of a sasa_resnet26 run given --model.init_args.model sasa_resnet38 trains
+        a sasa_resnet26), and reports a truncated or foreign file with a traceback.
+        """
+        subcommand = self.config.get("subcommand")
+        path = subcommand and self.config[subcommand].get("ckpt_path")
+        if path and path not in LIGHTNING_CKPT_NAMES:
+            if Path(path).is_dir() and "DeepSpeed" not in str(self.config[subcommand].get("trainer", {}).get("strategy")):
+                raise CheckpointError(
+                    f"checkpoint {path!r} is a directory (a DeepSpeed checkpoint?); give it with a DeepSpeed strategy "
+                    f"config, or consolidate it into one file first: sasa export {path} model.ckpt"
+                )
+            # A resume must agree on everything; evaluation only on the network it builds, as the
+            # training options (learning rate, schedule) do not change what it computes.
+            compared = None if subcommand == "fit" else ARCHITECTURE_OPTIONS
+            refuse_contradictions(self.config[subcommand].get("model"), checkpoint_hparams(path), path,
+                                  linked=LINKED_FROM_DATA, compared=compared)
+        super()._parse_ckpt_path()
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})

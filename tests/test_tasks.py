@@ -85,8 +85,10 @@ def test_corrupt_truncated_and_unsafe_checkpoints_are_refused(tmp_path):
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (tmp_path / "noise.ckpt").write_bytes(bytes(range(256)) * 10)
     torch.save({"state_dict": {"model.x": torch.zeros(1)}, "payload": math.factorial}, tmp_path / "unsafe.ckpt")
-    for name in ("truncated", "noise", "unsafe"):
-        with pytest.raises(CheckpointError, match=f"{name}.ckpt' is corrupt, truncated, or holds objects"):
+    (tmp_path / "text.ckpt").write_text("not a checkpoint\n")
+    for name, reason in (("truncated", "not a PyTorch checkpoint"), ("noise", "not a PyTorch checkpoint"),
+                         ("text", "not a PyTorch checkpoint"), ("unsafe", "holds objects")):
+        with pytest.raises(CheckpointError, match=f"{name}.ckpt' is corrupt, truncated, or {reason}"):
             load_for_finetuning(model, tmp_path / f"{name}.ckpt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_for_finetuning(model, tmp_path / "missing.ckpt")

@@ -2,7 +2,8 @@
 
 The result holds the consolidated weights (EMA included) and the run's hyper-parameters, loads
 with torch.load(weights_only=True), and is accepted by `sasa validate|test|predict` and by
-fine-tuning (`init_from`) on machines without DeepSpeed.
+fine-tuning (`init_from`) on machines without DeepSpeed. The directory is checked file by file
+with weights_only=True first (safe_load.py), because the converter unpickles whatever it finds.
 """
 
 from __future__ import annotations
@@ -13,25 +14,17 @@ from pathlib import Path
 
 import torch
 
-from ..tasks.weights import CheckpointError
+from .safe_load import check_deepspeed_checkpoint
 
 # What evaluating or fine-tuning needs; the optimizer and loop states stay with DeepSpeed's directory.
 KEPT = ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters", "hparams_name")
-
-
-def is_deepspeed_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / "latest").is_file() and any(path.glob("*/mp_rank_*_model_states.pt"))
 
 
 def export_deepspeed_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     checkpoint_dir, out = Path(checkpoint_dir), Path(out)
-    if not is_deepspeed_checkpoint(checkpoint_dir):
-        raise CheckpointError(
-            f"{str(checkpoint_dir)!r} is not a DeepSpeed checkpoint directory (expected a 'latest' file and "
-            f"<tag>/mp_rank_*_model_states.pt, as DeepSpeed runs write for e.g. checkpoints/last.ckpt)"
-        )
+    check_deepspeed_checkpoint(checkpoint_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         consolidated = convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, Path(scratch) / "full.ckpt")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ..errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used, with what would be right."""
 
 
@@ -19,9 +20,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True (never unpickles arbitrary objects)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt, truncated, or not a PyTorch checkpoint at all (torch.save writes "
+            f"zip archives; this file is not a complete one)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+    except Exception as error:  # torch.load raises many kinds on a foreign or damaged file
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt, truncated, or holds objects other than tensors and plain values "
