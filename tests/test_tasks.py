@@ -52,6 +52,27 @@ def test_ema_follows_the_weights():
     assert ema.current_decay() == 0.9
 
 
+def test_ema_stays_float32_and_moves_when_the_model_is_cast_to_bf16():
+    """bf16-true (and DeepSpeed's bf16 mode) cast the whole task; 0.9999 updates round away in bf16."""
+    from sasa_lightning.tasks import ImageClassifier
+
+    task = ImageClassifier(model="resnet26", num_classes=4, ema_decay=0.9999, model_options={"base_width": 8})
+    task.to(torch.bfloat16)  # what Lightning's bf16-true precision plugin does to the module
+    task.ema.updates.fill_(10**6)  # past the warm-up: the paper's decay applies
+    task.on_fit_start()
+    assert task.ema.dtype == torch.float32 and next(task.model.parameters()).dtype == torch.bfloat16
+    before = task.ema.module.fc.weight.clone()
+    with torch.no_grad():
+        task.model.fc.weight.add_(1.0)
+    for _ in range(10):
+        task.ema.update(task.model)
+    moved = (task.ema.module.fc.weight - before).abs()
+    torch.testing.assert_close(moved, torch.full_like(moved, 1 - 0.9999**10), rtol=0.02, atol=0)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    task.eval()
+    assert task(images).dtype == torch.float32  # the EMA evaluates bf16 batches in float32
+
+
 def save_lightning_checkpoint(path, model, name):
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": {"model": name}}, path)
 

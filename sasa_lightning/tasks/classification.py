@@ -72,7 +72,27 @@ class ImageClassifier(L.LightningModule):
         return self.ema.module if self.ema is not None else self.model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.inference_model(images.to(memory_format=self.memory_format))
+        model = self.inference_model
+        # The EMA stays in float32 when the model is cast to bf16; under autocast this is a no-op.
+        dtype = next(model.parameters()).dtype
+        return model(images.to(dtype=dtype, memory_format=self.memory_format))
+
+    def _ema_in_float32(self) -> None:
+        # After the strategy's setup, which may have cast every parameter (bf16-true, DeepSpeed bf16).
+        if self.ema is not None:
+            self.ema.keep_float32()
+
+    def on_fit_start(self) -> None:
+        self._ema_in_float32()
+
+    def on_validation_start(self) -> None:
+        self._ema_in_float32()
+
+    def on_test_start(self) -> None:
+        self._ema_in_float32()
+
+    def on_predict_start(self) -> None:
+        self._ema_in_float32()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
