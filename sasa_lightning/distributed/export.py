@@ -24,13 +24,16 @@ def export_deepspeed_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     checkpoint_dir, out = Path(checkpoint_dir), Path(out)
-    check_deepspeed_checkpoint(checkpoint_dir)
+    model_states = check_deepspeed_checkpoint(checkpoint_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         consolidated = convert_zero_checkpoint_to_fp32_state_dict(checkpoint_dir, Path(scratch) / "full.ckpt")
         checkpoint = {key: consolidated[key] for key in KEPT if key in consolidated}
         checkpoint["hyper_parameters"] = dict(checkpoint.get("hyper_parameters", {}))
-        checkpoint["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in consolidated["state_dict"].items()}
+        # The converter rebuilds the trained parameters from the optimizer's fp32 partitions; under
+        # ZeRO-1 it drops frozen ones (the EMA), which rank 0's module state holds whole.
+        weights = {**(model_states.get("module") or {}), **consolidated["state_dict"]}
+        checkpoint["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
         partial = Path(scratch) / "export.ckpt"
         torch.save(checkpoint, partial)
         os.replace(partial, out)
