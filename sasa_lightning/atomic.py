@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Callable
@@ -12,9 +13,11 @@ def atomic_write(out: str | os.PathLike, write: Callable[[Path], object]) -> Pat
 
     A reader sees the whole file or none, and a failed write leaves nothing behind. The temporary
     name carries the process id (ranks may write at once) and out's suffix (writers that pick
-    the format by suffix).
+    the format by suffix). What a killed writer (SIGKILL, a lost node) left is removed by the next
+    write of the same file.
     """
     out = Path(out)
+    remove_stale_partials(out)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}{out.suffix}")
     try:
         write(partial)
@@ -22,3 +25,21 @@ def atomic_write(out: str | os.PathLike, write: Callable[[Path], object]) -> Pat
     finally:
         partial.unlink(missing_ok=True)
     return out
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Delete the temporary files of `out` whose writing process no longer exists."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        pid = stale.name[len(f".{out.name}.partial-") :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

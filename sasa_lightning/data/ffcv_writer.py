@@ -21,10 +21,12 @@ def write_ffcv(
 
     Images are stored as JPEG with their longer side at most max_resolution. The file is written
     under a temporary name beside `out` and renamed when complete, so an interrupted write never
-    leaves a file that looks finished.
+    leaves a file that looks finished. An image that does not decode stops the write with a
+    DataError naming it, a full disk with the OSError naming `out`.
     """
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
+
+    from .ffcv_guarded_writer import GuardedDatasetWriter
 
     require_path(src, "image folder")
     if not 1 <= jpeg_quality <= 100:
@@ -39,4 +41,12 @@ def write_ffcv(
         "label": IntField(),
     }
     workers = num_workers or os.cpu_count() or 1
-    return atomic_write(out, lambda partial: DatasetWriter(str(partial), fields, num_workers=workers).from_indexed_dataset(dataset))
+    try:
+        return atomic_write(
+            out, lambda partial: GuardedDatasetWriter(str(partial), fields, num_workers=workers).from_indexed_dataset(dataset)
+        )
+    except OSError as error:
+        if error.errno is None:
+            raise
+        raise OSError(error.errno, f"{error.strerror} (writing the .beton file)", str(out)) from None
+
