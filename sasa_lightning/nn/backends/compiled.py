@@ -134,7 +134,9 @@ def _complete(q: Tensor, k: Tensor, rel_rows: Tensor, rel_cols: Tensor, kernel_s
     if not has_keys:
         k = torch.zeros_like(q)
     if not has_rel:
-        rel_rows, rel_cols = (q.new_zeros(q.shape[1], kernel_size, q.shape[2] // 2) for _ in range(2))
+        # The query's halves meet rows and columns: an odd head dim splits as D // 2 and the rest.
+        half = q.shape[2] // 2
+        rel_rows, rel_cols = (q.new_zeros(q.shape[1], kernel_size, width) for width in (half, q.shape[2] - half))
     return k, rel_rows, rel_cols, torch.tensor(mask, device=q.device)
 
 
