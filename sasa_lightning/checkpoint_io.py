@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,6 +12,10 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .atomic import atomic_write
+
+
+# Free space under which a failed checkpoint write is taken for a full disk.
+FULL_DISK_BYTES = 64 * 2**20
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,7 +35,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         def write(partial: Path) -> None:
             with partial.open("wb") as file:
-                torch.save(checkpoint, file)
+                try:
+                    torch.save(checkpoint, file)
+                except RuntimeError:
+                    # torch's zip writer reports a write cut short by a full disk as a position
+                    # mismatch ("unexpected pos"), not as the OSError it was.
+                    if shutil.disk_usage(partial.parent).free < FULL_DISK_BYTES:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+                    raise
                 file.flush()
                 os.fsync(file.fileno())
 

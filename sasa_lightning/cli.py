@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
-TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+from .argument_errors import TRAINER_COMMANDS
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
@@ -63,10 +64,17 @@ def run_benchmark(name: str, args: list[str]) -> int:
     return subprocess.run([sys.executable, str(script), *args]).returncode
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line (raised as ConfigError), not the usage followed by the error."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _tools_parser() -> argparse.ArgumentParser:
     from .models.paper import PAPER_TABLES
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="sasa",
         description="Stand-alone self-attention vision models. Training: sasa fit|validate|test|predict --config X.yaml",
     )
@@ -105,8 +113,15 @@ def _tools_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    # SIGTERM (kill, a scheduler's cancel) unwinds like Ctrl-C, so that the tools' cleanup runs:
+    # the writers' partial files and worker processes, FFCV's shared memory.
+    raise KeyboardInterrupt
+
+
 def _run_tool(argv: list[str]) -> int:
     args = _tools_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     if args.command == "summary":
         from .models.paper import PAPER_TABLES
 
@@ -159,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(argv)
     try:
         return run(argv)
+    except KeyboardInterrupt:
+        print("sasa: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         message = user_error_message(error)
         if message is None:
@@ -194,6 +212,10 @@ def user_error_message(error: BaseException) -> str | None:
     if root is None:
         return None
     text = str(root) if not isinstance(root, OSError) or root.strerror is None else f"{root.strerror}: {str(root.filename)!r}"
+    if "Original Traceback" in text:
+        # Re-raised from a DataLoader worker: the message holds the worker's traceback, and its
+        # last line is the original error.
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 from .atomic import atomic_write
 from .data.errors import DataError
+from .run_history import history_rows
 
 
 def read_metrics(log_dir: str | os.PathLike) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(step, value), ...]} from <log_dir>/metrics.csv (Lightning's CSVLogger)."""
+    """{metric: [(step, value), ...]} from <log_dir>/metrics.csv (Lightning's CSVLogger), and from
+    the parts of the run before it when it is a resumed run's (run_history.py)."""
     path = Path(log_dir) / "metrics.csv"
     if not path.is_file():
         raise DataError(f"no metrics.csv in {str(log_dir)!r}; give a run's log folder, e.g. runs/digits/logs/version_0")
     series: dict[str, list[tuple[float, float]]] = {}
-    with path.open() as file:
-        for row in csv.DictReader(file):
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series.setdefault(key, []).append((float(row["step"]), float(value)))
+    for row in history_rows(log_dir):
+        for key, value in row.items():
+            if key not in ("step", "epoch") and value not in ("", None):
+                series.setdefault(key, []).append((float(row["step"]), float(value)))
+    if not series:
+        raise DataError(f"{str(path)!r} has no rows of metrics yet: nothing to plot (the run logs every "
+                        f"trainer.log_every_n_steps steps and at the end of each epoch)")
     return series
 
 

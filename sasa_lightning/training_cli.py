@@ -7,6 +7,7 @@ val/acc1, at a fixed path so `--ckpt_path last` finds them on resume) and logs/v
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -16,15 +17,20 @@ from pathlib import Path
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from .argument_errors import TRAINER_COMMANDS, explain_argument_error
 from .callbacks import LineProgress, PredictionWriter, Throughput
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpoint_check import checkpoint_hparams, refuse_contradictions
 from .distributed.preemption import Preemption
+from .errors import ConfigError
+from .run_history import mark_continuation, run_history
 from .tasks.weights import CheckpointError
 
 
@@ -69,10 +75,28 @@ def default_loggers(root: str) -> list:
     return loggers
 
 
+PARSER_OPTIONS = {"exit_on_error": False, "allow_abbrev": False}
+
+
+def _quiet_library_noise() -> None:
+    """Lines libraries print at every start that say nothing about the run."""
+    # `sasa` always passes its arguments explicitly (main(argv) is also called in-process).
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+    # torch deprecates an API Lightning 2.6's _pytree still calls; nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _AdvertFilter) for f in rank_zero.filters):
+        rank_zero.addFilter(_AdvertFilter())
+
+
+class _AdvertFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip")  # Lightning's advert for its cloud logger
+
+
 class SasaCLI(LightningCLI):
     def __init__(self, args: list[str]) -> None:
-        # `sasa` always passes its arguments explicitly (main(argv) is also called in-process).
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
+        _quiet_library_noise()
         interactive = sys.stderr.isatty()
         super().__init__(
             model_class=L.LightningModule,
@@ -85,8 +109,20 @@ class SasaCLI(LightningCLI):
                 "callbacks": default_callbacks(),
             },
             save_config_kwargs={"overwrite": True},
+            # An argument error raises (one line, below) instead of printing the whole usage.
+            # No abbreviations: argparse would take --trainer.max_epoch for --trainer.max_epochs.
+            parser_kwargs={**PARSER_OPTIONS, **{command: PARSER_OPTIONS for command in TRAINER_COMMANDS}},
+            # The tasks' configure_optimizers build the paper's parameter groups and schedule;
+            # --optimizer and --lr_scheduler would silently replace both, so they are not offered.
+            auto_configure_optimizers=False,
             args=args,
         )
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as error:
+            raise ConfigError(explain_argument_error(parser, args, error)) from None
 
     def add_arguments_to_parser(self, parser) -> None:
         for option in LINKED_FROM_DATA:
@@ -118,10 +154,20 @@ class SasaCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
+        # Lightning refuses checkpoint callbacks with checkpointing off, and a learning-rate
+        # monitor without a logger; ours are only defaults, so they give way.
+        unwanted = tuple(kind for kind, off in ((ModelCheckpoint, config.get("enable_checkpointing") is False),
+                                                (LearningRateMonitor, config.get("logger") is False)) if off)
+        self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, unwanted)]
         self.run_root = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(self.run_root)
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as error:
+            # What Lightning's Trainer raises for options it cannot honour (an accelerator that is
+            # not there, an unknown strategy name): the classes themselves are built by then.
+            raise ConfigError(f"the trainer options cannot be used here: {' '.join(str(error).split())}") from None
         if SLURMEnvironment.detect():
             # Lightning checks this only when it launches processes itself (devices > 1); with
             # devices=1 under 2 tasks each task would train alone, into the same run folder.
@@ -138,6 +184,9 @@ class SasaCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
+        logger = self.trainer.logger
+        if self.config["fit"].get("ckpt_path") and logger is not None and logger.log_dir and self.trainer.is_global_zero:
+            mark_continuation(logger.log_dir)
 
     @rank_zero_only
     def after_fit(self) -> None:
@@ -154,7 +203,9 @@ class SasaCLI(LightningCLI):
             lines.append(f"{what} {float(metrics[metric]):.4f}" + (f" (best {float(best):.4f})" if best is not None else ""))
         if checkpoint is not None:
             lines.append(f"checkpoints in {checkpoint.dirpath} (last.ckpt, best: {os.path.basename(checkpoint.best_model_path)})")
-        if trainer.logger is not None:
-            lines.append(f"logs in {trainer.logger.log_dir} (curves: sasa plot {trainer.logger.log_dir})")
+        if trainer.logger is not None and trainer.logger.log_dir is not None:  # fast_dev_run logs nowhere
+            pieces = len(run_history(trainer.logger.log_dir))
+            whole = f" of all {pieces} parts of the run" if pieces > 1 else ""
+            lines.append(f"logs in {trainer.logger.log_dir} (curves{whole}: sasa plot {trainer.logger.log_dir})")
         lines.append(f"resume with: sasa fit {configs} --ckpt_path last".replace("  ", " "))
         print("\n".join(lines), flush=True)

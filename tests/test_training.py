@@ -145,7 +145,7 @@ def test_predict_writes_the_top5_of_every_validation_image(tmp_path):
         (["--trainer.strategy", "ddp_nonexistent"], "invalid strategy name: `strategy='ddp_nonexistent'`"),
         (["--model.init_args.model_options", '{"positional": "learned"}'], "positional must be one of"),
         (["--model.init_args.init_from", "/nonexistent/x.ckpt"], "checkpoint '/nonexistent/x.ckpt' does not exist"),
-        (["--model.init_args.init_from", "{tmp}/junk.ckpt"], "junk.ckpt' is corrupt, truncated, or holds objects"),
+        (["--model.init_args.init_from", "{tmp}/junk.ckpt"], "junk.ckpt' is corrupt, truncated, or"),
         (
             ["--data", "sasa_lightning.data.ImageFolderData", "--data.init_args.train_dir", "{tmp}/empty",
              "--data.init_args.val_dir", "{tmp}/empty", "--data.init_args.num_classes", "10"],

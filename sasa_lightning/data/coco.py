@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, require_path
+from .errors import DataError, read_rgb, require_path
 
 
 @dataclass
@@ -54,19 +54,30 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike) -> CocoIndex:
     """Read and check one split; see the module's docstring for what is dropped and what is refused."""
     path, image_dir = Path(annotation_file), Path(image_dir)
     data = _read_json(path)
     require_path(image_dir, "image folder")
+    for category in data["categories"]:
+        if not (isinstance(category, dict) and _is_id(category.get("id")) and isinstance(category.get("name"), str)):
+            raise DataError(f"category {category!r} of {str(path)!r} needs an integer id and a name (COCO's ids are "
+                            f"integers, e.g. {{\"id\": 1, \"name\": \"person\"}})")
     categories = sorted(data["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: label for label, c in enumerate(categories)}
     images = {}
     for record in data["images"]:
         try:
+            if not _is_id(record["id"]):
+                raise TypeError
             image = CocoImage(record["id"], image_dir / record["file_name"], int(record["width"]), int(record["height"]))
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"image record {record!r} of {str(path)!r} lacks id, file_name, width or height") from None
+            raise DataError(f"image record {record!r} of {str(path)!r} lacks an integer id, a file_name, a width or "
+                            f"a height") from None
         images[image.id] = image
     missing = [image.path for image in images.values() if not image.path.is_file()]
     if missing:
@@ -114,11 +125,10 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, item: int):
         from torchvision import tv_tensors
-        from torchvision.io import ImageReadMode, decode_image
 
         record = self.index.images[item]
         keep = [i for i, crowd in enumerate(record.crowd) if not (self.train and crowd)]
-        image = tv_tensors.Image(decode_image(str(record.path), mode=ImageReadMode.RGB))
+        image = tv_tensors.Image(read_rgb(record.path))
         target = {
             "boxes": tv_tensors.BoundingBoxes(
                 torch.tensor([record.boxes[i] for i in keep], dtype=torch.float32).reshape(-1, 4),
@@ -149,10 +159,8 @@ class ImageFiles(Dataset):
         return len(self.images)
 
     def __getitem__(self, item: int):
-        from torchvision.io import ImageReadMode, decode_image
-
         image_id, path = self.images[item]
-        image = decode_image(str(path), mode=ImageReadMode.RGB)
+        image = read_rgb(path)
         return image.float() / 255, {"image_id": image_id, "file_name": path.name, "path": str(path)}
 
 

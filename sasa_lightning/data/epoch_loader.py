@@ -45,6 +45,15 @@ class EpochLoader:
     def __len__(self) -> int:
         return self.length
 
+    # Lightning's resumable-loader interface. Where to resume is Lightning's own loop progress,
+    # read by `start` above, so there is nothing to save; having the interface tells Lightning
+    # that a mid-epoch resume is exact (it would otherwise warn that it is unreliable).
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 def replicas(trainer) -> tuple[int, int]:
     """(world size, global rank) of this process; (1, 0) outside a trainer."""

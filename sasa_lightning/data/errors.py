@@ -13,3 +13,25 @@ def require_path(path, what: str) -> None:
 
     if not Path(path).exists():
         raise DataError(f"{what} {str(path)!r} does not exist")
+
+
+def read_rgb(path) -> "torch.Tensor":
+    """A uint8 CHW RGB image decoded by torchvision; DataError naming the file if it does not decode."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"image {str(path)!r} cannot be read ({reason}); remove or replace it") from None
+
+
+def open_pil_rgb(path):
+    """torchvision ImageFolder's loader (PIL, RGB), with a DataError naming the file if it does not decode."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for damaged files
+        raise DataError(f"image {str(path)!r} cannot be read ({type(error).__name__}: {error}); remove or replace it") from None

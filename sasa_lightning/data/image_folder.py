@@ -9,7 +9,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .epoch_loader import EpochLoader
-from .errors import DataError, require_path
+from .errors import DataError, open_pil_rgb, require_path
 from .image_module import ImageDataModule
 
 
@@ -19,7 +19,7 @@ def open_image_folder(root, transform=None):
 
     require_path(root, "image folder")
     try:
-        return ImageFolder(str(root), transform=transform)
+        return ImageFolder(str(root), transform=transform, loader=open_pil_rgb)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"image folder {str(root)!r} holds no images in class sub-folders ({error})") from None
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .functional import BACKEND_NAMES, PADDING_MODES, local_self_attention
+from .functional import BACKEND_NAMES, PADDING_MODES, backend_override, local_self_attention
 from .positional import POSITIONAL_MODES, RelativeEmbedding2d, sinusoidal_2d
 
 LOGITS_MODES = ("qk+qr", "qr")
@@ -44,6 +44,8 @@ class LocalSelfAttention2d(nn.Module):
         _check_choice("logits", logits, LOGITS_MODES)
         _check_choice("padding", padding, PADDING_MODES)
         _check_choice("backend", backend, BACKEND_NAMES)
+        if backend == "auto":
+            backend_override()
         _check_choice("stride", stride, (1, 2))
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")

@@ -27,14 +27,21 @@ BACKEND_NAMES = ("auto", *BACKENDS)
 BACKEND_ENV = "SASA_ATTENTION_BACKEND"
 
 
+def backend_override() -> str:
+    """SASA_ATTENTION_BACKEND, or "auto" when it is unset; layers check it when they are built, so
+    a misspelt name stops a run before it starts."""
+    backend = os.environ.get(BACKEND_ENV) or "auto"
+    if backend not in BACKEND_NAMES:
+        raise ConfigError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
+    return backend
+
+
 def resolve_backend(backend: str, device_type: str) -> ModuleType:
     """The backend module for a name. "auto" (or the SASA_ATTENTION_BACKEND variable, which
     overrides it) is the C++ kernel on CPU, falling back to chunked with a warning where it
     cannot be built, and chunked on other devices."""
     if backend == "auto":
-        backend = os.environ.get(BACKEND_ENV) or "auto"
-        if backend not in BACKEND_NAMES:
-            raise ConfigError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
+        backend = backend_override()
     if backend == "auto":
         backend = "cpu" if device_type == "cpu" and _cpu_kernel_builds() else "chunked"
     if backend not in BACKENDS:

@@ -1,0 +1,71 @@
+"""jsonargparse's argument errors as one line: what is wrong, the nearest valid key, and --help."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _keys(parser, subcommand: str | None) -> list[str]:
+    """Every dotted option the subcommand's parser knows (init_args of a class chosen by the config
+    are known only once it is chosen, so they are not all here)."""
+    action = getattr(parser, "_subcommands_action", None)
+    subparser = action._name_parser_map.get(subcommand) if action is not None and subcommand else None
+    keys = set()
+    for candidate in (subparser, parser):
+        if candidate is None:
+            continue
+        for option in candidate._option_string_actions:
+            if option.startswith("--") and option not in ("--help", "--config", "--print_config"):
+                keys.add(option[2:])
+    return sorted(keys)
+
+
+def _config_files(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "--config"]
+
+
+def _flat_keys(tree, prefix: str = "") -> set[str]:
+    if not isinstance(tree, dict):
+        return set()
+    keys = set()
+    for key, value in tree.items():
+        keys.add(f"{prefix}{key}")
+        keys |= _flat_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def explain_argument_error(parser, args: list[str] | None, error: Exception) -> str:
+    import yaml
+
+    args = list(args or [])
+    subcommand = next((a for a in args if a in TRAINER_COMMANDS), None)
+    message = " ".join(str(error).split())
+    configs = {}
+    for path in _config_files(args):
+        try:
+            with open(path) as file:
+                configs[path] = yaml.safe_load(file)
+        except yaml.YAMLError as yaml_error:
+            where = getattr(yaml_error, "problem_mark", None)
+            line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(yaml_error, "problem", None) or type(yaml_error).__name__
+            message = f"config {path!r} is not valid YAML{line}: {problem}"
+        except OSError:
+            pass
+    # "does not accept option 'trainer.max_epoch'", "Key 'x' is not expected", "Unrecognized arguments: --x 3"
+    bad = re.search(r"does not accept option '([\w.]+)'|[Kk]ey '([\w.]+)' is not expected|[Uu]nrecognized arguments: --([\w.]+)",
+                    message)
+    hint = ""
+    if bad:
+        key = next(group for group in bad.groups() if group)
+        sources = [path for path, tree in configs.items() if key in _flat_keys(tree)]
+        if sources:
+            message += f" (in {sources[-1]!r})"
+        close = difflib.get_close_matches(key, _keys(parser, subcommand), n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+    command = f"sasa {subcommand} --help" if subcommand else "sasa --help"
+    return f"{message}{hint} (see {command})"
