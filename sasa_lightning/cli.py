@@ -17,9 +17,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import ConfigError, UserError
-
 from .argument_errors import TRAINER_COMMANDS
+from .errors import ConfigError, UserError
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
@@ -121,7 +120,14 @@ def _terminate_as_interrupt(signum, frame) -> None:
 
 def _run_tool(argv: list[str]) -> int:
     args = _tools_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        return _tool(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() is also called in-process
+
+
+def _tool(args: argparse.Namespace) -> int:
     if args.command == "summary":
         from .models.paper import PAPER_TABLES
 
