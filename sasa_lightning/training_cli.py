@@ -171,7 +171,10 @@ class SasaCLI(LightningCLI):
         if SLURMEnvironment.detect():
             # Lightning checks this only when it launches processes itself (devices > 1); with
             # devices=1 under 2 tasks each task would train alone, into the same run folder.
-            SLURMEnvironment().validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+            try:
+                SLURMEnvironment().validate_settings(num_devices=trainer.num_devices, num_nodes=trainer.num_nodes)
+            except ValueError as error:  # the job's tasks and the trainer's devices disagree
+                raise ConfigError(" ".join(str(error).split())) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # DeepSpeed writes its own directories
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         metric = getattr(self.model, "checkpoint_metric", DEFAULT_METRIC)
