@@ -114,6 +114,29 @@ def test_ffcv_epoch_order_follows_the_epoch_lightning_sets(betons):
     assert len(orders) > 1
 
 
+def test_ffcv_loaders_leave_numba_shared_array_types_alone(betons):
+    """FFCV's OS cache manager wrote `mutable = False` on numba's interned uint8 array type.
+
+    That re-hashed a key of every dispatcher compiled for such arrays, so numba's finalizer
+    raised KeyError walking their overloads ("Exception ignored in: <finalize object>").
+    """
+    import numba as nb
+    from ffcv.loader import OrderOption
+
+    from sasa_lightning.data.ffcv_loader import ffcv_loader
+
+    @nb.njit
+    def first(array):
+        return array[0]
+
+    first(np.zeros(3, np.uint8))
+    shared = nb.uint8[::1]
+    loader = ffcv_loader(str(betons["train"]), batch_size=6, num_workers=1, order=OrderOption.SEQUENTIAL)
+    assert sum(len(labels) for _, labels in loader) == 18
+    assert shared.mutable and nb.uint8[::1] is shared
+    assert len(list(first.overloads.values())) == 1  # the finalizer's walk
+
+
 def test_progressive_resizing_schedule():
     module = FFCVImageNet("a", "b", num_classes=2, resolution=192, min_resolution=128, ramp_start_epoch=10, ramp_end_epoch=20)
     assert [module.resolution_at(e) for e in (0, 10, 12, 15, 19, 20, 30)] == [128, 128, 128, 160, 192, 192, 192]

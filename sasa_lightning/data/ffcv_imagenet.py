@@ -112,13 +112,15 @@ class FFCVImageNet(ImageDataModule):
 
     def train_dataloader(self):
         from ffcv.fields.decoders import RandomResizedCropRGBImageDecoder
-        from ffcv.loader import Loader, OrderOption
+        from ffcv.loader import OrderOption
         from ffcv.transforms import RandomHorizontalFlip
+
+        from .ffcv_loader import ffcv_loader
 
         size = self.resolution_at(0)
         decoder = RandomResizedCropRGBImageDecoder((size, size), scale=self.scale, ratio=self.ratio)
         image = [decoder] + ([RandomHorizontalFlip()] if self.flip else []) + self._image_tail()
-        loader = Loader(
+        loader = ffcv_loader(
             self.train_path,
             batch_size=self.batch_size,
             num_workers=self._workers(),
@@ -133,13 +135,15 @@ class FFCVImageNet(ImageDataModule):
 
     def val_dataloader(self):
         from ffcv.fields.decoders import CenterCropRGBImageDecoder
-        from ffcv.loader import Loader, OrderOption
+        from ffcv.loader import OrderOption
+
+        from .ffcv_loader import ffcv_loader
 
         decoder = CenterCropRGBImageDecoder((self.val_resolution, self.val_resolution), ratio=self.val_crop_ratio)
         # Every sample exactly once across processes: FFCV's distributed mode pads with repeats,
         # so each rank reads every world_size-th sample instead.
         world_size, rank = self.replicas()
-        loader = Loader(
+        loader = ffcv_loader(
             self.val_path,
             batch_size=self.batch_size,
             num_workers=self._workers(),
