@@ -25,9 +25,9 @@ class LineProgress(L.Callback):
     terminal the usual bar is shown and this callback stays silent.
     """
 
-    def __init__(self, every_seconds: float = 30.0, stream=None) -> None:
+    def __init__(self, every_seconds: float = 30.0) -> None:
         self.every_seconds = every_seconds
-        self.stream = stream or sys.stderr
+        self.stream = sys.stderr
         self.enabled = not self.stream.isatty()
         self._last = 0.0
 

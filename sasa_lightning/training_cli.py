@@ -43,18 +43,21 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 DEFAULT_METRIC = "val/acc1"  # the best checkpoint's, unless the task names its own checkpoint_metric
 
 
-def default_callbacks() -> list[L.Callback]:
-    """Always present (LightningCLI's persistent callbacks); configs may add more.
-
-    Two checkpoint callbacks: the best by the task's checkpoint_metric (set once the model is
-    known), and last.ckpt rewritten after every epoch (ModelCheckpoint's own save_last only
-    follows its top-k saves, so on a plateau it would leave last.ckpt behind). Preemption turns
-    SIGUSR1 into last-preempted.ckpt (and a SLURM requeue). The prediction writer is configured
-    under --predictions (see add_arguments_to_parser).
-    """
-    best = ModelCheckpoint(monitor=DEFAULT_METRIC, mode="max", auto_insert_metric_name=False)
-    last = ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False)
-    return [best, last, LearningRateMonitor(), LineProgress(), Throughput(), Preemption()]
+# The callbacks every run has, each a config section of its own (`--last_checkpoint.every_n_train_steps
+# 500`, shown by --print_config), with the project's defaults. `best_checkpoint` keeps the best by
+# the task's checkpoint_metric while its monitor is left null; `last_checkpoint` rewrites last.ckpt
+# after every epoch (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau
+# it would leave last.ckpt behind); `preemption` turns SIGUSR1 into last-preempted.ckpt (and a
+# SLURM requeue). The prediction writer is configured under --predictions.
+DEFAULT_CALLBACKS = {
+    "best_checkpoint": (ModelCheckpoint, {"mode": "max", "auto_insert_metric_name": False}),
+    "last_checkpoint": (ModelCheckpoint, {"filename": "last", "save_top_k": 1, "enable_version_counter": False}),
+    "lr_monitor": (LearningRateMonitor, {}),
+    "progress": (LineProgress, {}),
+    "throughput": (Throughput, {}),
+    "preemption": (Preemption, {}),
+    "predictions": (PredictionWriter, {}),
+}
 
 
 def follow_metric(best: ModelCheckpoint, metric: str) -> None:
@@ -106,7 +109,6 @@ class SasaCLI(LightningCLI):
             trainer_defaults={
                 "default_root_dir": "runs/default",
                 "enable_progress_bar": interactive,
-                "callbacks": default_callbacks(),
             },
             save_config_kwargs={"overwrite": True},
             # An argument error raises (one line, below) instead of printing the whole usage.
@@ -127,8 +129,9 @@ class SasaCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for option in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{option}", f"model.init_args.{option}", apply_on="instantiate")
-        # `sasa predict ... --predictions.draw true`
-        parser.add_lightning_class_args(PredictionWriter, "predictions")
+        for section, (callback, defaults) in DEFAULT_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, section)
+            parser.set_defaults({f"{section}.{option}": value for option, value in defaults.items()})
 
     def _parse_ckpt_path(self) -> None:
         """Check a --ckpt_path file or DeepSpeed directory before Lightning reads it.
@@ -154,11 +157,6 @@ class SasaCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
-        # Lightning refuses checkpoint callbacks with checkpointing off, and a learning-rate
-        # monitor without a logger; ours are only defaults, so they give way.
-        unwanted = tuple(kind for kind, off in ((ModelCheckpoint, config.get("enable_checkpointing") is False),
-                                                (LearningRateMonitor, config.get("logger") is False)) if off)
-        self.trainer_defaults["callbacks"] = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, unwanted)]
         self.run_root = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(self.run_root)
@@ -177,13 +175,20 @@ class SasaCLI(LightningCLI):
                 raise ConfigError(" ".join(str(error).split())) from None
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # DeepSpeed writes its own directories
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        metric = getattr(self.model, "checkpoint_metric", DEFAULT_METRIC)
+        best = self._get(self.config_init, "best_checkpoint")
+        if best in trainer.checkpoint_callbacks and best.monitor is None:
+            follow_metric(best, getattr(self.model, "checkpoint_metric", DEFAULT_METRIC))
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.run_root, "checkpoints")
-            if callback.monitor == DEFAULT_METRIC and callback.filename is None:
-                follow_metric(callback, metric)
         return trainer
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
+        # Lightning refuses checkpoint callbacks with checkpointing off, and a learning-rate
+        # monitor without a logger; the default sections give way to those choices.
+        unwanted = tuple(kind for kind, off in ((ModelCheckpoint, config.get("enable_checkpointing") is False),
+                                                (LearningRateMonitor, config.get("logger") is False)) if off)
+        return super()._instantiate_trainer(config, [c for c in callbacks if not isinstance(c, unwanted)])
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()

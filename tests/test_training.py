@@ -180,3 +180,49 @@ def test_the_trainer_writes_checkpoints_atomically(tmp_path):
 
     cli = SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+DEFAULT_SECTIONS = ("best_checkpoint", "last_checkpoint", "lr_monitor", "progress", "throughput", "preemption", "predictions")
+
+
+def test_print_config_shows_the_default_callbacks(capsys):
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["fit", *QUICK, "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert {key for key in DEFAULT_SECTIONS if key in config} == set(DEFAULT_SECTIONS) - {"throughput"}  # no options
+    assert config["last_checkpoint"]["filename"] == "last" and config["last_checkpoint"]["enable_version_counter"] is False
+    assert config["best_checkpoint"]["monitor"] is None and config["best_checkpoint"]["mode"] == "max"
+    assert config["preemption"]["signum"] == 10
+
+
+def kinds(trainer):
+    return [type(callback).__name__ for callback in trainer.callbacks]
+
+
+def test_default_callback_sections_configure_the_run(tmp_path):
+    from sasa_lightning.training_cli import SasaCLI
+
+    run = ["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)]
+    trainer = SasaCLI(run).trainer
+    best, last = trainer.checkpoint_callbacks
+    assert (best.monitor, best.mode, last.filename) == ("val/acc1", "max", "last")
+    assert best.filename.startswith("best-epoch") and best.dirpath == str(tmp_path / "checkpoints")
+    assert {"LearningRateMonitor", "LineProgress", "Throughput", "Preemption", "PredictionWriter"} <= set(kinds(trainer))
+
+    trainer = SasaCLI([*run, "--best_checkpoint.monitor", "val/loss", "--best_checkpoint.mode", "min",
+                       "--last_checkpoint.every_n_train_steps", "2", "--progress.every_seconds", "5"]).trainer
+    best, last = trainer.checkpoint_callbacks
+    assert (best.monitor, best.mode, best.filename, last._every_n_train_steps) == ("val/loss", "min", None, 2)
+    assert next(c for c in trainer.callbacks if type(c).__name__ == "LineProgress").every_seconds == 5
+
+
+def test_checkpointing_and_logging_can_be_switched_off(tmp_path):
+    from sasa_lightning.training_cli import SasaCLI
+
+    trainer = SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
+                       "--trainer.enable_checkpointing", "false", "--trainer.logger", "false"]).trainer
+    assert trainer.checkpoint_callbacks == [] and trainer.logger is None
+    assert "LearningRateMonitor" not in kinds(trainer) and "Preemption" in kinds(trainer)
+    assert not (tmp_path / "checkpoints").exists()

@@ -54,7 +54,7 @@ class Preemption(L.Callback):
     how a run can be stopped and resumed by hand.
     """
 
-    def __init__(self, signum: int = signal.SIGUSR1) -> None:
+    def __init__(self, signum: int = int(signal.SIGUSR1)) -> None:  # a plain int, written as such in configs
         self.signum = signum
         self.received = False
         self._previous = None
