@@ -285,8 +285,19 @@ def test_bad_input(name, inputs, cache):
 
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
-    """Enough images that a write takes several seconds, so that it can be interrupted mid-way."""
-    return image_folder(tmp_path_factory.mktemp("many") / "images", classes=2, per_class=300, size=256)
+    """Large images, each resized by the writer, so that writing them takes a few seconds (600 of
+    256x256 took 0.6 s, and an interrupt sent 0.5 s in sometimes found the write done). Smooth
+    gradients rather than noise keep the files small (about 20 MB in all) and quick to make."""
+    root = tmp_path_factory.mktemp("many") / "images"
+    ramp = np.linspace(0, 255, 1280, dtype=np.float32)
+    pixels = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp[::-1], ramp) / 2, np.zeros((1280, 1280))], -1)
+    pixels = pixels.astype(np.uint8)
+    for label in range(2):
+        (root / f"c{label}").mkdir(parents=True)
+        for index in range(300):
+            pixels[..., 2] = index % 256  # images differ in their blue level
+            Image.fromarray(pixels).save(root / f"c{label}" / f"{index}.jpg")
+    return root
 
 
 def start_writer(src: Path, out: Path) -> subprocess.Popen:
@@ -301,7 +312,7 @@ def wait_until_writing(process: subprocess.Popen, out: Path) -> None:
     while not list(out.parent.glob(f".{out.name}.partial*")):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.3)  # the workers have started; the write takes seconds more
 
 
 @pytest.mark.slow
