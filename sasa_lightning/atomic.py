@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 from pathlib import Path
@@ -25,6 +26,17 @@ def atomic_write(out: str | os.PathLike, write: Callable[[Path], object]) -> Pat
     finally:
         partial.unlink(missing_ok=True)
     return out
+
+
+def make_parent(out: str | os.PathLike) -> None:
+    """Create the folder `out` goes in; one line naming the culprit when part of that path is a file."""
+    parent = Path(out).parent
+    for folder in (parent, *parent.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise OSError(errno.ENOTDIR, f"cannot write {str(out)!r}: a folder on its path is a file", str(folder))
+            break
+    parent.mkdir(parents=True, exist_ok=True)
 
 
 def remove_stale_partials(out: Path) -> None:

@@ -67,7 +67,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """An argument error is one line (raised as ConfigError), not the usage followed by the error."""
 
     def error(self, message: str):
-        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def _tools_parser() -> argparse.ArgumentParser:

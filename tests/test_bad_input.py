@@ -200,7 +200,8 @@ def cases(tmp: Path) -> dict[str, Case]:
                                                 "--num-workers", "2"], ["broken.jpg", "cannot be read"], [beton]),
         "write-ffcv with JPEG quality 0": Case([*write_ffcv, "--out", str(beton), "--jpeg-quality", "0"],
                                                ["jpeg_quality"], [beton]),
-        "write-ffcv to a path under a file": Case([*write_ffcv, "--out", str(tmp / "a_file" / "x.beton")], ["a_file"]),
+        "write-ffcv to a path under a file": Case([*write_ffcv, "--out", str(tmp / "a_file" / "x.beton")],
+                                                  ["x.beton", "is a file", "a_file'"]),
         "write-ffcv to an existing folder": Case([*write_ffcv, "--out", str(tmp / "empty_folder")], ["empty_folder"]),
         # Checkpoints
         "--ckpt_path that does not exist": Case([*fit, "--ckpt_path", str(tmp / "gone.ckpt")], ["gone.ckpt", "does not exist"], run),
@@ -237,7 +238,8 @@ def cases(tmp: Path) -> dict[str, Case]:
         "a run folder under a file": Case(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp / "a_file" / "run")],
                                           ["a_file"]),
         "make-shapes into a path under a file": Case(["data", "make-shapes", "--out", str(tmp / "a_file" / "shapes"),
-                                                      "--train", "2", "--val", "1", "--image-size", "64"], ["a_file"]),
+                                                      "--train", "2", "--val", "1", "--image-size", "64"],
+                                                     ["shapes", "is a file", "a_file'"]),
         "make-shapes of no images": Case(["data", "make-shapes", "--out", str(tmp / "shapes"), "--train", "0"],
                                          ["at least one image"], [tmp / "shapes"]),
     }

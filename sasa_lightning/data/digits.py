@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import make_parent
 from .ffcv_imagenet import FFCVImageNet
 from .ffcv_writer import write_ffcv
 
@@ -36,6 +37,7 @@ def write_digits_image_folder(root: Path, image_size: int = 32, seed: int = 0) -
     for label in range(10):
         members = np.flatnonzero(digits.target == label)
         val[rng.choice(members, size=round(VAL_FRACTION * len(members)), replace=False)] = True
+    make_parent(root)
     partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     for index, (image, label) in enumerate(zip(digits.images, digits.target)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, make_parent
 from .errors import DataError, require_path
 from .image_folder import open_image_folder
 
@@ -35,7 +35,7 @@ def write_ffcv(
         raise DataError(f"max_resolution must be at least 8 pixels, got {max_resolution}")
     dataset = open_image_folder(src)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(out)
     fields = {
         "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=jpeg_quality),
         "label": IntField(),

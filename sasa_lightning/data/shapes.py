@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import make_parent
 from ..errors import ConfigError
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"})
@@ -78,6 +80,7 @@ def make_shapes(root: str | os.PathLike, train_images: int = 2000, val_images: i
     if image_size < 64:
         raise ConfigError(f"image_size must be at least 64 pixels (shapes are up to 60), got {image_size}")
     root = Path(root)
+    make_parent(root)
     partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     rng = np.random.default_rng(seed)
