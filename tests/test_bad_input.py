@@ -288,8 +288,8 @@ def test_bad_input(name, inputs, cache):
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
     """Large images, each resized by the writer, so that writing them takes a few seconds (600 of
-    256x256 took 0.6 s, and an interrupt sent 0.5 s in sometimes found the write done). Smooth
-    gradients rather than noise keep the files small (about 20 MB in all) and quick to make."""
+    256x256 took 0.6 s, too close to the moment the tests interrupt it). Smooth gradients rather
+    than noise keep the files small (about 20 MB in all) and quick to make."""
     root = tmp_path_factory.mktemp("many") / "images"
     ramp = np.linspace(0, 255, 1280, dtype=np.float32)
     pixels = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp[::-1], ramp) / 2, np.zeros((1280, 1280))], -1)
@@ -306,7 +306,14 @@ def start_writer(src: Path, out: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "sasa_lightning.cli", "data", "write-ffcv", "--src", str(src), "--out", str(out),
                "--num-workers", "2"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            cwd=out.parent)
+                            cwd=out.parent, preexec_fn=_as_from_a_terminal)
+
+
+def _as_from_a_terminal() -> None:
+    # A shell without job control starts background commands (`make test &`, CI runners) with
+    # SIGINT ignored, and the writer would inherit that and rightly sit through a Ctrl-C: this
+    # failed two fresh-clone runs started in the background. A terminal's child has the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_until_writing(process: subprocess.Popen, out: Path) -> None:
