@@ -48,7 +48,7 @@ DEFAULT_METRIC = "val/acc1"  # the best checkpoint's, unless the task names its 
 # the task's checkpoint_metric while its monitor is left null; `last_checkpoint` rewrites last.ckpt
 # after every epoch (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau
 # it would leave last.ckpt behind); `preemption` turns SIGUSR1 into last-preempted.ckpt (and a
-# SLURM requeue). The prediction writer is configured under --predictions.
+# SLURM requeue); `predictions` writes what `sasa predict` predicts (`--predictions.draw true`).
 DEFAULT_CALLBACKS = {
     "best_checkpoint": (ModelCheckpoint, {"mode": "max", "auto_insert_metric_name": False}),
     "last_checkpoint": (ModelCheckpoint, {"filename": "last", "save_top_k": 1, "enable_version_counter": False}),

@@ -6,8 +6,7 @@ dispatcher already compiled for a C-contiguous uint8 array (FFCV's own `imdecode
 user's) holds that object in the keys of its `overloads` OrderedDict, and the write changes its
 hash. When such a dispatcher is collected, numba's finalizer iterates the OrderedDict, cannot
 find the re-hashed key and raises `KeyError: (Array(uint8, 1, 'C', True, ...), ...)`, printed
-as "Exception ignored in: <finalize object ...>" hundreds of times in a day of tests. Worse,
-afterwards numba types every new mutable uint8 array of the process as read-only.
+as "Exception ignored in: <finalize object ...>" hundreds of times in a day of tests.
 
 Importing this module replaces, once, the OS cache manager's `state_type` and `compile_reader`
 (whose declared return type is that shared `nb.uint8[::1]`, read-only once mutated) with versions
