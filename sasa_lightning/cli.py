@@ -9,6 +9,7 @@ Tools: `sasa summary` (the paper's tables), `sasa data ...` (writers, demo data)
 from __future__ import annotations
 
 import argparse
+import contextvars
 import json
 import os
 import signal
@@ -161,15 +162,20 @@ def _tool(args: argparse.Namespace) -> int:
 
 def _run_trainer(argv: list[str]) -> int:
     from .distributed.preemption import Preempted
+    from .distributed.process_group import end_process_groups
     from .training_cli import SasaCLI
 
     try:
-        SasaCLI(args=argv)
+        # In a context of its own: jsonargparse sets a context variable to its parser and never
+        # resets it, which would keep the parser, and through it the trainer, the model and the
+        # process groups, alive until exit (end_process_groups needs them gone).
+        contextvars.copy_context().run(SasaCLI, args=argv)
     except Preempted as stop:
         # Not a failure: the state is saved and (under SLURM) the job is already queued again,
         # which rank 0 has reported before the requeue could end it.
         if not stop.requeued:
             print(f"sasa: {stop}", file=sys.stderr, flush=True)
+    end_process_groups()
     return 0
 
 

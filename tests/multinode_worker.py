@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import exit_probe  # noqa: F401  (reports this process's gloo threads at exit)
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,9 @@ def main(out: Path) -> None:
         "weights": model.attention.query.flatten()[:16].tolist(),
     }
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+    # What torch asks of every training script: end the process group while the interpreter is
+    # whole (a gloo thread still finishing a collective at exit aborts the process).
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,22 @@ QUICK = [
 ]
 
 
-def sasa(*args, cache, timeout=600, **env_vars):
-    """Run the real command (Lightning's DDP launcher re-executes it for every extra process)."""
+def sasa(*args, cache, timeout=600, probe_exit=False, **env_vars):
+    """Run the real command (Lightning's DDP launcher re-executes it for every extra process);
+    with probe_exit, through tests/exit_probe.py, which reports each process's gloo threads at exit."""
     env = dict(os.environ, SASA_CACHE=str(cache), PYTHONUNBUFFERED="1", **env_vars)
-    result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", *args], capture_output=True, text=True,
+    command = [str(ROOT / "tests" / "exit_probe.py")] if probe_exit else ["-m", "sasa_lightning.cli"]
+    result = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def assert_process_groups_ended(result, processes=2):
+    """Every rank destroyed its process group before the interpreter finalised: a gloo thread still
+    running then can abort the finished run (sasa_lightning/distributed/process_group.py)."""
+    reports = [line for line in result.stderr.splitlines() if line.startswith("process-group threads at exit:")]
+    assert reports == ["process-group threads at exit: 0"] * processes, reports
 
 
 def logged(root, key):
@@ -53,8 +62,9 @@ def test_training_shards_are_disjoint_and_augmentation_ignores_the_world_size():
 def test_ddp_two_processes_validate_every_sample_once(tmp_path):
     cache = tmp_path / "cache"
     run = tmp_path / "ddp"
-    sasa("fit", *QUICK, "--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/ddp.yaml"),
-         "--trainer.default_root_dir", str(run), cache=cache)
+    fit = sasa("fit", *QUICK, "--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/ddp.yaml"),
+               "--trainer.default_root_dir", str(run), cache=cache, probe_exit=True)
+    assert_process_groups_ended(fit)
     two_processes = logged(run, "val/acc1")[-1]
     sasa("validate", *QUICK, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
          "--trainer.default_root_dir", str(tmp_path / "single"), cache=cache)
@@ -68,7 +78,7 @@ def test_deepspeed_zero2_trains_resumes_and_its_export_evaluates_the_same(tmp_pa
     run = tmp_path / "zero2"
     zero2 = ["--trainer.devices", "2", "--config", str(ROOT / "configs/strategy/deepspeed_zero2.yaml"),
              "--trainer.default_root_dir", str(run)]
-    sasa("fit", *QUICK, *zero2, cache=tmp_path / "cache")
+    assert_process_groups_ended(sasa("fit", *QUICK, *zero2, cache=tmp_path / "cache", probe_exit=True))
     # DeepSpeed leaves each process its own batch-norm statistics; validation must use rank 0's.
     probe = ["--trainer.callbacks+=buffer_probe.BufferProbe"]
     result = sasa("fit", *QUICK, *zero2, *probe, "--trainer.max_epochs", "2", "--ckpt_path", "last",

@@ -33,6 +33,8 @@ def test_two_nodes_form_one_ddp_group_and_synchronise_gradients(tmp_path):
     ]
     outputs = [node.communicate(timeout=300)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    for output in outputs:
+        assert "process-group threads at exit: 0" in output.splitlines(), output[-2000:]
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["global_rank"], r["node_rank"], r["local_rank"], r["world_size"]) for r in ranks] == [(0, 0, 0, 2), (1, 1, 0, 2)]

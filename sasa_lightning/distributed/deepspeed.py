@@ -120,6 +120,17 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
                 param.data = param.data.clone(memory_format=torch.contiguous_format)
         super().setup(trainer)
 
+    def teardown(self) -> None:
+        engine = self.model
+        super().teardown()
+        # The engine's gradient-accumulation hooks reach it back through C++ autograd nodes, a
+        # cycle the garbage collector cannot see: without destroy() the engine, the model and
+        # DeepSpeed's process groups (with gloo's threads) live until exit (see process_group.py).
+        # The module is unwrapped as DDPStrategy does: every setup builds a new engine.
+        if engine is not None and engine is not self.lightning_module:
+            engine.destroy()
+            self.model = self.lightning_module
+
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         # DeepSpeed unpickles the directory's files with weights_only=False: check them first.
         if Path(checkpoint_path).is_dir():
