@@ -56,8 +56,9 @@ def _print_row(result: dict, first: bool) -> None:
 
 
 def run_benchmark(name: str, args: list[str]) -> int:
-    """Run benchmarks/<name>.py of the source checkout (benchmarks are not part of the wheel)."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    """Run benchmarks/<name>.py of the source checkout (benchmarks are not part of the wheel);
+    a dash in the name is an underscore in the file's."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name.replace('-', '_')}.py"
     if not script.is_file():
         print(f"sasa bench: {script} not found; benchmarks run from a source checkout of sasa-lightning", file=sys.stderr)
         return 2
@@ -108,7 +109,8 @@ def _tools_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="the .ckpt file to write")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
-    bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit"))
+    bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit", "triton-compile",
+                                        "performance-model"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 

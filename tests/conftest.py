@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU the triton backend's kernels run under Triton's interpreter, on CPU tensors: the
+# variable must be set before Triton is imported, which the package does on first use.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
 
 from sasa_lightning.nn.backends import chunked, fused
 

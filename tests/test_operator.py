@@ -22,6 +22,16 @@ def make_inputs(batch, heads, dim, height, width, kernel_size, keys=True, relati
     return q, k, v, *rel
 
 
+def attend(*args, backend, **kwargs):
+    """functional.local_attention, run on the GPU for the backend that runs only there (triton on a
+    machine with CUDA; without one it runs on CPU tensors under Triton's interpreter). The moves
+    are differentiable, so gradients still arrive at the CPU inputs."""
+    if backend == "triton" and torch.cuda.is_available():
+        args = [a.to("cuda") if isinstance(a, torch.Tensor) else a for a in args]
+        return functional.local_attention(*args, backend=backend, **kwargs).cpu()
+    return functional.local_attention(*args, backend=backend, **kwargs)
+
+
 def forward_backward(fn, inputs):
     for t in inputs:
         if t is not None:
@@ -57,7 +67,7 @@ def test_backend_matches_reference(backend, case, padding, keys, relative, small
     inputs = make_inputs(*shape, kernel_size, keys=keys, relative=relative)
 
     def run(name):
-        return forward_backward(lambda *t: functional.local_attention(*t, kernel_size, padding, backend=name), inputs)
+        return forward_backward(lambda *t: attend(*t, kernel_size, padding, backend=name), inputs)
 
     assert_all_close(run(backend), run("reference"))
 
@@ -69,7 +79,7 @@ def test_an_odd_head_dim_without_relative_logits(backend, small_tiles):
     inputs = make_inputs(2, 2, 5, 4, 6, 3, keys=True, relative=False)
 
     def run(name):
-        return forward_backward(lambda *t: functional.local_attention(*t, 3, "zeros", backend=name), inputs)
+        return forward_backward(lambda *t: attend(*t, 3, "zeros", backend=name), inputs)
 
     assert_all_close(run(backend), run("reference"))
 
@@ -86,7 +96,7 @@ def test_float32_matches_float64_reference(backend, padding, small_tiles):
     expected = forward_backward(
         lambda *t: functional.local_attention(*t, kernel_size, padding, backend="reference"), inputs)
     singles = [t.detach().float().requires_grad_() for t in inputs]
-    got = forward_backward(lambda *t: functional.local_attention(*t, kernel_size, padding, backend=backend), singles)
+    got = forward_backward(lambda *t: attend(*t, kernel_size, padding, backend=backend), singles)
     for g, e in zip(got, expected):  # float32 sums over many pixels: tolerance in units of the largest
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5 * e.abs().max().item())
 
@@ -104,7 +114,7 @@ def test_gradient_is_local(backend, small_tiles):
     """An output pixel depends on no input pixel outside its k x k window."""
     kernel_size, (i, j) = 3, (4, 2)
     q, k, v, rel_rows, rel_cols = make_inputs(1, 2, 4, 8, 7, kernel_size)
-    out = functional.local_attention(q, k, v, rel_rows, rel_cols, kernel_size, backend=backend)
+    out = attend(q, k, v, rel_rows, rel_cols, kernel_size, backend=backend)
     out[0, :, :, i, j].sum().backward()
     outside = torch.ones(8, 7, dtype=torch.bool)
     outside[i - 1 : i + 2, j - 1 : j + 2] = False
@@ -121,7 +131,7 @@ def test_masked_attention_is_translation_equivariant(backend):
     kernel_size, shift = 3, 2
     q, k, v, rel_rows, rel_cols = (t.detach() for t in make_inputs(1, 2, 4, 12, 12, kernel_size))
     def run(*t):
-        return functional.local_attention(*t, rel_rows, rel_cols, kernel_size, "mask", backend=backend)
+        return attend(*t, rel_rows, rel_cols, kernel_size, "mask", backend=backend)
 
     rolled = [torch.roll(t, shifts=(shift, shift), dims=(-2, -1)) for t in (q, k, v)]
     inner = slice(kernel_size + shift, 12 - kernel_size)
@@ -134,7 +144,7 @@ def test_equal_logits_average_the_window(backend, padding):
     kernel_size = 3
     _, k, v, rel_rows, rel_cols = (t.detach() for t in make_inputs(1, 2, 4, 5, 6, kernel_size))
     q = torch.zeros_like(v)  # every logit is 0
-    out = functional.local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding, backend=backend)
+    out = attend(q, k, v, rel_rows, rel_cols, kernel_size, padding, backend=backend)
     window_sum = torch.nn.functional.avg_pool2d(v.flatten(1, 2), 3, 1, 1, divisor_override=1).view_as(v)
     if padding == "zeros":
         expected = window_sum / 9  # padded neighbours count, with value 0

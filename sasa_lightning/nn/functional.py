@@ -8,20 +8,22 @@ column-offset embedding, each half of a head's channels.
 
 from __future__ import annotations
 
-import functools
+import logging
 import os
 import warnings
-from types import ModuleType
+from typing import Callable
 
+import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .backends import BACKENDS, cpu
-from .backends.errors import BackendUnavailable
+from .backends import BACKENDS, PRIORITY, Call
+from .backends.errors import BackendUnavailable, KernelFailed
 
 PADDING_MODES = ("zeros", "mask")
 BACKEND_NAMES = ("auto", *BACKENDS)
 
+log = logging.getLogger(__name__)
 
 # Overrides every layer's "auto", e.g. to compare backends without editing a config.
 BACKEND_ENV = "SASA_ATTENTION_BACKEND"
@@ -36,27 +38,53 @@ def backend_override() -> str:
     return backend
 
 
-def resolve_backend(backend: str, device_type: str) -> ModuleType:
-    """The backend module for a name. "auto" (or the SASA_ATTENTION_BACKEND variable, which
-    overrides it) is the C++ kernel on CPU, falling back to chunked with a warning where it
-    cannot be built, and chunked on other devices."""
+# Backends whose kernel failed to build or compile in this process, per device type, and why:
+# "auto" passes over them from then on.
+_FAILED: dict[tuple[str, str], str] = {}
+
+
+def candidates(backend: str, call: Call) -> list[str]:
+    """The backends to try for a call, in order. A name (or SASA_ATTENTION_BACKEND) is that
+    backend alone, refused when it cannot run the call; "auto" is every capable backend of the
+    device's priority list (PRIORITY: the fastest first, ending with one that always runs), the
+    reasons for the others logged at debug level."""
     if backend == "auto":
         backend = backend_override()
-    if backend == "auto":
-        backend = "cpu" if device_type == "cpu" and _cpu_kernel_builds() else "chunked"
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
-    return BACKENDS[backend]
+    if backend != "auto":
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
+        reason = BACKENDS[backend].can_run(call)
+        if reason:
+            raise BackendUnavailable(f"local attention backend {backend!r} cannot run here: {reason}")
+        return [backend]
+    capable = []
+    for name in PRIORITY.get(call.device.type, PRIORITY["other"]):
+        reason = _FAILED.get((name, call.device.type)) or BACKENDS[name].can_run(call)
+        if reason:
+            log.debug("local attention backend %r skipped: %s", name, reason)
+        else:
+            capable.append(name)
+    return capable
 
 
-@functools.cache  # builds (or loads) once per process, and warns once
-def _cpu_kernel_builds() -> bool:
-    try:
-        cpu.extension()
-    except BackendUnavailable as error:
-        warnings.warn(f"{error}; local attention falls back to the slower chunked backend", stacklevel=3)
-        return False
-    return True
+def _dispatch(backend: str, call: Call, run: Callable) -> Tensor:
+    """run(backend module) with the first of the candidates whose kernel works: one that fails to
+    build or compile is reported once and the next is tried, so a run never dies for want of a
+    fast path (a named backend's failure is the caller's to see)."""
+    names = candidates(backend, call)
+    for name in names:
+        try:
+            return run(BACKENDS[name])
+        except KernelFailed as error:
+            if len(names) == 1:
+                raise
+            _FAILED[(name, call.device.type)] = str(error)
+            warnings.warn(f"{error}; local attention falls back to the next backend", stacklevel=3)
+    raise AssertionError(f"no local attention backend ran on {call.device.type}; the last of PRIORITY always runs")
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check(
@@ -101,8 +129,9 @@ def local_attention(
         shapes = [None if t is None else tuple(t.shape) for t in (q, k, v)]
         raise ValueError(f"q, k, v must all have shape (B, heads, head_dim, H, W); got {shapes}")
     _check(q.shape[1], q.shape[2], k is not None, rel_rows, rel_cols, kernel_size, padding)
-    impl = resolve_backend(backend, q.device.type)
-    return impl.local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding)
+    call = Call(q.device, q.dtype, q.shape[2], kernel_size, _needs_grad(q, k, v, rel_rows, rel_cols))
+    return _dispatch(backend, call, lambda impl: impl.local_attention(
+        q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols, kernel_size=kernel_size, padding=padding))
 
 
 def local_self_attention(
@@ -128,7 +157,8 @@ def local_self_attention(
     if out_channels % heads:
         raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
     _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size, padding)
-    impl = resolve_backend(backend, x.device.type)
-    return impl.local_self_attention(
-        x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
-    )
+    needs_grad = _needs_grad(x, query_weight, key_weight, value_weight, rel_rows, rel_cols, key_bias)
+    call = Call(x.device, x.dtype, out_channels // heads, kernel_size, needs_grad)
+    return _dispatch(backend, call, lambda impl: impl.local_self_attention(
+        x=x, query_weight=query_weight, key_weight=key_weight, value_weight=value_weight, rel_rows=rel_rows,
+        rel_cols=rel_cols, kernel_size=kernel_size, heads=heads, key_bias=key_bias, padding=padding))

@@ -1,12 +1,28 @@
-"""Implementations of local attention, one module each, all with the same two functions:
+"""Implementations of local attention, one module each, all with the same interface:
 
-- local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding)
-- local_self_attention(x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
+- can_run(call: Call) -> str | None: None, or why it cannot run such a call here (device, dtype,
+  gradients, head dim, kernel size). It builds and compiles nothing: a kernel that fails to build
+  or compile on first use raises KernelFailed from the call itself.
+- local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size, padding)
+- local_self_attention(*, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
   kernel_size, heads, key_bias, padding)
 
-fused.py is not a backend: it is the autograd shared by the backends with a fused kernel.
+fused.py is not a backend: it is the autograd shared by the backends with a fused kernel (cpu,
+compiled, triton); triton_kernels.py holds the triton backend's kernels.
 """
 
-from . import chunked, compiled, cpu, flex, reference
+from . import chunked, compiled, cpu, flex, reference, triton_attention
+from .call import Call
 
-BACKENDS = {"reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled, "flex": flex}
+BACKENDS = {
+    "reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled, "flex": flex,
+    "triton": triton_attention,
+}
+
+# What "auto" tries, per device type, first to last; the last always runs. On CPU the C++ kernel
+# (README, Performance: 3-8x faster than compiled, which compiles for minutes). On CUDA the fused
+# Triton kernel, proven under Triton's interpreter and compiled for sm_90 but not yet timed on a
+# GPU; flex and compiled join this list once a GPU measurement places them.
+PRIORITY = {"cpu": ("cpu", "chunked"), "cuda": ("triton", "chunked"), "other": ("chunked",)}
+
+__all__ = ["BACKENDS", "PRIORITY", "Call"]

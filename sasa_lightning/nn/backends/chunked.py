@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .call import Call
 
 # Upper bound on the elements of one k^2-expanded tensor of a tile (keys, values, or their
 # products with the queries). Four or five of them are alive at once; at 2^20 fp32 elements
@@ -123,7 +124,11 @@ def _operator_tile(q, k, v, rel_rows, rel_cols, *, tile: Tile, kernel_size: int,
     return reference.window_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding, pad_rows)
 
 
-def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
+def can_run(call: Call) -> str | None:
+    return None  # anywhere, with gradients: the fallback of every device
+
+
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
     batch, heads, dim, height, width = q.shape
     tiles = plan_tiles(batch, height, width, heads * dim, kernel_size)
 
@@ -135,7 +140,7 @@ def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str)
 
 
 def local_self_attention(
-    x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
     batch, _, height, width = x.shape
     tiles = plan_tiles(batch, height, width, query_weight.shape[0], kernel_size)

@@ -20,13 +20,13 @@ processes load them in seconds.
 from __future__ import annotations
 
 import functools
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import fused
+from .call import Call
 
 
 def _windows(padded: Tensor, kernel_size: int) -> Tensor:
@@ -154,15 +154,19 @@ def _kernel_backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size: in
 
 
 # The fused kernels' interface (fused.py).
-KERNEL = SimpleNamespace(forward=_kernel_forward, backward=_kernel_backward)
+KERNEL = fused.Kernel(forward=_kernel_forward, backward=_kernel_backward)
 
 
-def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
+def can_run(call: Call) -> str | None:
+    return None  # inductor generates C++ on CPU and Triton on GPUs, forward and backward
+
+
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
     return fused.local_attention(KERNEL, q, k, v, rel_rows, rel_cols, kernel_size, padding)
 
 
 def local_self_attention(
-    x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
     return fused.local_self_attention(KERNEL, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
                                       kernel_size, heads, key_bias, padding)

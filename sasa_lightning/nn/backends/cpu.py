@@ -3,7 +3,7 @@
 The kernel is compiled on first use with torch's extension builder (about 30 s on 2 cores; it is
 cached under ~/.cache/torch_extensions, one build per CPU type since it targets the CPU it runs
 on). The autograd around it (what is kept, the layer's chunks and recomputed projections) is
-fused.py's, shared with the compiled backend.
+fused.py's, shared with the compiled and triton backends.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from . import fused
-from .errors import BackendUnavailable
+from .call import Call
+from .errors import KernelFailed
 
 
 SOURCE = Path(__file__).with_name("cpu_kernel.cpp")
@@ -48,22 +49,27 @@ def extension() -> ModuleType:
     try:
         return load(f"sasa_cpu_attention_{digest}", [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"])
     except (RuntimeError, OSError) as error:  # no compiler, or the build failed
-        raise BackendUnavailable(f"the cpu backend's kernel did not build: {str(error).splitlines()[0]}") from error
+        raise KernelFailed(f"the cpu backend's kernel did not build: {str(error).splitlines()[0]}") from error
 
 
-def _check_device(*tensors: Tensor | None) -> None:
-    if any(t is not None and t.device.type != "cpu" for t in tensors):
-        raise BackendUnavailable("the cpu backend runs on CPU tensors only; use backend 'chunked' or 'auto' on GPUs")
+@functools.cache
+def kernel() -> fused.Kernel:
+    built = extension()
+    return fused.Kernel(forward=built.forward, backward=built.backward)
 
 
-def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
-    _check_device(q, k, v)
-    return fused.local_attention(extension(), q, k, v, rel_rows, rel_cols, kernel_size, padding)
+def can_run(call: Call) -> str | None:
+    if call.device.type != "cpu":
+        return f"the cpu backend runs on CPU tensors, not {call.device.type}; use backend 'auto' there"
+    return None
+
+
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
+    return fused.local_attention(kernel(), q, k, v, rel_rows, rel_cols, kernel_size, padding)
 
 
 def local_self_attention(
-    x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
-    _check_device(x)
-    return fused.local_self_attention(extension(), x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
+    return fused.local_self_attention(kernel(), x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
                                       kernel_size, heads, key_bias, padding)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import compiled, reference
-from .errors import BackendUnavailable
+from .call import Call
 
 TILE = (8, 16)  # rows x columns of pixels per 128-token block
 
@@ -78,10 +78,13 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
-    if q.device.type == "cpu" and torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (q, k, v, rel_rows, rel_cols)):
-        raise BackendUnavailable("flex_attention has no backward on CPU; train with backend 'cpu' or 'auto' there")
+def can_run(call: Call) -> str | None:
+    if call.device.type == "cpu" and call.needs_grad:
+        return "flex_attention has no backward on CPU; train with backend 'cpu' or 'auto' there"
+    return None
+
+
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
     batch, heads, dim, height, width = q.shape
     p = kernel_size // 2
     token_dim = max(16, 1 << (dim - 1).bit_length())
@@ -113,7 +116,8 @@ def local_attention(q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str)
 
 
 def local_self_attention(
-    x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
     q, k, v = reference.project_qkv(x, query_weight, key_weight, value_weight, heads, key_bias)
-    return local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding).flatten(1, 2)
+    return local_attention(q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols, kernel_size=kernel_size,
+                           padding=padding).flatten(1, 2)

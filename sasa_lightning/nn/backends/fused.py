@@ -1,6 +1,7 @@
 """Autograd for fused local-attention kernels, shared by the backends that have one (cpu, compiled).
 
-A kernel is an object with two functions, the C++ extension's signature:
+A kernel (`Kernel`) has two functions, the C++ extension's signature, and the dtypes it takes as
+they come (others are computed in float32):
 
 - forward(q, k, v, rel_rows, rel_cols, kernel_size, has_keys, has_rel, mask) -> (out, lse)
 - backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size, has_keys, has_rel, mask)
@@ -8,9 +9,9 @@ A kernel is an object with two functions, the C++ extension's signature:
 
 q, k, v, out are (B, N, D, H, W) and contiguous; lse is the log-sum-exp of each pixel's logits
 (B, N, H, W); an absent k or relative embedding is passed as an empty tensor, and grad_k comes
-back as None (the embeddings' gradients are ignored). Forward keeps the inputs and lse, never the output, and backward recomputes the
-probabilities from lse (as flash attention does): a following in-place op cannot corrupt what
-backward needs.
+back as None (the embeddings' gradients are ignored). Forward keeps the inputs and lse, never
+the output, and backward recomputes the probabilities from lse (as flash attention does): a
+following in-place op cannot corrupt what backward needs.
 
 The layer's Function keeps only its input x (and lse), runs the 1x1 projections and the kernel a
 chunk at a time (a few images, or a group of heads of one large image), and recomputes the
@@ -20,14 +21,27 @@ projections in backward, so a layer stores what a convolution stores.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class Kernel:
+    forward: Callable
+    backward: Callable
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+
 def compute_dtype(t: Tensor) -> torch.dtype:
-    """Kernels compute in float32, or float64 for float64 inputs (the tests' precision)."""
+    """What the layer's projections compute in: float32, or float64 for float64 inputs (the tests' precision)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def kernel_dtype(kernel: Kernel, t: Tensor) -> torch.dtype:
+    """The dtype t goes into the kernel in: its own where the kernel takes it, else float32."""
+    return t.dtype if t.dtype in kernel.dtypes else torch.float32
 
 
 def _prepare(t: Tensor | None, like: Tensor) -> Tensor:
@@ -39,7 +53,7 @@ class LocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel, q, k, v, rel_rows, rel_cols, kernel_size: int, mask: bool):
         flags = (k is not None, rel_rows is not None, mask)
-        like = q.new_empty(0, dtype=compute_dtype(q))
+        like = q.new_empty(0, dtype=kernel_dtype(kernel, q))
         inputs = [_prepare(t, like) for t in (q, k, v, rel_rows, rel_cols)]
         out, lse = kernel.forward(*inputs, kernel_size, *flags)
         ctx.save_for_backward(*inputs, lse)

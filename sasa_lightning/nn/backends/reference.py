@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .call import Call
+
 
 def _windows(x: Tensor, kernel_size: int, pad: tuple[int, int, int, int]) -> Tensor:
     """(B, N, D, rows, W) -> (B, N, D, k*k, out_rows, W): each pixel's k x k neighbourhood.
@@ -23,6 +25,10 @@ def _windows(x: Tensor, kernel_size: int, pad: tuple[int, int, int, int]) -> Ten
     out_cols = padded.shape[-1] - kernel_size + 1
     unfolded = F.unfold(padded, kernel_size)
     return unfolded.view(batch, heads, dim, kernel_size * kernel_size, out_rows, out_cols)
+
+
+def can_run(call: Call) -> str | None:
+    return None  # anywhere, in any floating dtype, with gradients
 
 
 def window_attention(
@@ -63,6 +69,7 @@ def window_attention(
 
 
 def local_attention(
+    *,
     q: Tensor,
     k: Tensor | None,
     v: Tensor,
@@ -96,6 +103,7 @@ def project_qkv(
 
 
 def local_self_attention(
+    *,
     x: Tensor,
     query_weight: Tensor,
     key_weight: Tensor | None,
@@ -108,4 +116,5 @@ def local_self_attention(
     padding: str,
 ) -> Tensor:
     q, k, v = project_qkv(x, query_weight, key_weight, value_weight, heads, key_bias)
-    return local_attention(q, k, v, rel_rows, rel_cols, kernel_size, padding).flatten(1, 2)
+    return local_attention(q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols, kernel_size=kernel_size,
+                           padding=padding).flatten(1, 2)

@@ -1,0 +1,95 @@
+"""Compile every kernel variant the triton backend can launch for sm_90 (H100/H200), no GPU needed.
+
+Triton compiles ahead of time for a target it is told of (`GPUTarget("cuda", 90, 32)`), down to
+PTX and a cubin, so what Triton's interpreter checks against the reference in the tests is also
+proven to compile for the hardware (the interpreter accepts code the compiler refuses). The
+variants are the backend's own list (`triton_attention.kernel_variants()`: kernel x input dtype x
+launch config, with the argument types its launchers pass). For each the script prints the
+shared memory Triton reports and the registers and spills ptxas reports (`ptxas -v`, the ptxas
+Triton ships), then a final line `compiled N kernels for sm_90`.
+
+    python benchmarks/triton_compile.py          # or: sasa bench triton-compile
+    python benchmarks/triton_compile.py --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)  # kernels must be compiled, not interpreted
+
+from report import write_report  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+TARGET = ("cuda", 90, 32)  # sm_90, warp size 32
+REGISTERS = re.compile(r"Used (\d+) registers")
+SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def compile_variant(variant: tuple[str, dict, dict]) -> dict:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from sasa_lightning.nn.backends import triton_kernels
+
+    name, signature, constants = variant
+    kernel = getattr(triton_kernels, name)
+    constexprs = {key: getattr(tl, f"float{value[2:]}") if key == "ACC" else value for key, value in constants.items()}
+    # Pointers aligned to 16 bytes, as torch's allocations are and as a launch specialises them.
+    attrs = {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values()) if kind.startswith("*")}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget(*TARGET))
+    registers, spill_stores, spill_loads = _ptxas_report(compiled.asm["ptx"])
+    return {
+        "kernel": name, "dtype": signature["q_ptr"][1:], **{k: v for k, v in constants.items() if k != "ACC"},
+        "shared_bytes": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
+        "registers": registers, "spill_stores": spill_stores, "spill_loads": spill_loads,
+    }
+
+
+def _ptxas_report(ptx: str) -> tuple[int | None, int | None, int | None]:
+    """Registers and spill bytes of a PTX module, from the ptxas Triton ships; None where absent."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(TARGET[1])
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work) / "kernel.ptx"
+        source.write_text(ptx)
+        result = subprocess.run([ptxas.path, "-v", f"--gpu-name=sm_{TARGET[1]}a", str(source), "-o",
+                                 str(Path(work) / "kernel.cubin")], capture_output=True, text=True)
+    registers, spills = REGISTERS.search(result.stderr), SPILLS.search(result.stderr)
+    return (int(registers.group(1)) if registers else None,
+            *((int(spills.group(1)), int(spills.group(2))) if spills else (None, None)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles at once (default: every core)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "triton-compile-sm90.json")
+    args = parser.parse_args()
+    from sasa_lightning.nn.backends.triton_attention import kernel_variants
+
+    variants = kernel_variants()
+    print(f"{'kernel':22} {'dtype':5} {'D':>3} {'tile':>5} {'K blk':>5} {'shared':>7} {'regs':>5} {'spills':>7}", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(compile_variant, variants))
+    for r in results:
+        spills = "-" if r["spill_stores"] is None else r["spill_stores"] + r["spill_loads"]
+        print(f"{r['kernel']:22} {r['dtype']:5} {r['BLOCK_D']:3} {r['TILE_H']:>2}x{r['TILE_W']:<2} "
+              f"{r.get('BLOCK_K', ''):>5} {r['shared_bytes']:7} {str(r['registers']):>5} {spills:>7}")
+    write_report(args.out, "triton_compile", target=f"sm_{TARGET[1]}", kernels=results)
+    print(f"compiled {len(results)} kernels for sm_{TARGET[1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
