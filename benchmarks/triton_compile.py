@@ -4,7 +4,8 @@ Triton compiles ahead of time for a target it is told of (`GPUTarget("cuda", 90,
 PTX and a cubin, so what Triton's interpreter checks against the reference in the tests is also
 proven to compile for the hardware (the interpreter accepts code the compiler refuses). The
 variants are the backend's own list (`triton_attention.kernel_variants()`: kernel x input dtype x
-launch config, with the argument types its launchers pass). For each the script prints the
+launch config), compiled as the backend compiles them on a GPU's first forward
+(`triton_attention.compile_variant`: the argument types its launchers pass). For each it prints the
 shared memory Triton reports and the registers and spills ptxas reports (`ptxas -v`, the ptxas
 Triton ships), then a final line `compiled N kernels for sm_90`.
 
@@ -33,24 +34,18 @@ REGISTERS = re.compile(r"Used (\d+) registers")
 SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
-def compile_variant(variant: tuple[str, dict, dict]) -> dict:
-    import triton
-    import triton.language as tl
+def compile_variant(variant: tuple) -> dict:
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
-    from sasa_lightning.nn.backends import triton_kernels
+    from sasa_lightning.nn.backends.triton_attention import compile_variant
 
-    name, signature, constants = variant
-    kernel = getattr(triton_kernels, name)
-    constexprs = {key: getattr(tl, f"float{value[2:]}") if key == "ACC" else value for key, value in constants.items()}
-    # Pointers aligned to 16 bytes, as torch's allocations are and as a launch specialises them.
-    attrs = {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values()) if kind.startswith("*")}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget(*TARGET))
+    kernel, dtype, config = variant
+    compiled = compile_variant(kernel, dtype, config, GPUTarget(*TARGET))
     registers, spill_stores, spill_loads = _ptxas_report(compiled.asm["ptx"])
     return {
-        "kernel": name, "dtype": signature["q_ptr"][1:], **{k: v for k, v in constants.items() if k != "ACC"},
+        "kernel": kernel, "dtype": str(dtype).removeprefix("torch."), "BLOCK_D": config["BLOCK_D"],
+        "TILE_H": config["TILE_H"], "TILE_W": config["TILE_W"],
+        **({"BLOCK_K": config["BLOCK_K"]} if kernel == "backward_query_kernel" else {}),
         "shared_bytes": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
         "registers": registers, "spill_stores": spill_stores, "spill_loads": spill_loads,
     }
@@ -79,12 +74,12 @@ def main() -> int:
     from sasa_lightning.nn.backends.triton_attention import kernel_variants
 
     variants = kernel_variants()
-    print(f"{'kernel':22} {'dtype':5} {'D':>3} {'tile':>5} {'K blk':>5} {'shared':>7} {'regs':>5} {'spills':>7}", flush=True)
+    print(f"{'kernel':22} {'dtype':8} {'D':>3} {'tile':>5} {'K blk':>5} {'shared':>7} {'regs':>5} {'spills':>7}", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(compile_variant, variants))
     for r in results:
         spills = "-" if r["spill_stores"] is None else r["spill_stores"] + r["spill_loads"]
-        print(f"{r['kernel']:22} {r['dtype']:5} {r['BLOCK_D']:3} {r['TILE_H']:>2}x{r['TILE_W']:<2} "
+        print(f"{r['kernel']:22} {r['dtype']:8} {r['BLOCK_D']:3} {r['TILE_H']:>2}x{r['TILE_W']:<2} "
               f"{r.get('BLOCK_K', ''):>5} {r['shared_bytes']:7} {str(r['registers']):>5} {spills:>7}")
     write_report(args.out, "triton_compile", target=f"sm_{TARGET[1]}", kernels=results)
     print(f"compiled {len(results)} kernels for sm_{TARGET[1]}")

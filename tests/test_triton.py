@@ -85,6 +85,6 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == f"compiled {expected} kernels for sm_90"
     kernels = json.loads(out.read_text())["kernels"]
     assert {k["kernel"] for k in kernels} == {"forward_kernel", "backward_query_kernel", "backward_key_kernel"}
-    assert {k["dtype"] for k in kernels} == {"fp16", "bf16", "fp32", "fp64"}
+    assert {k["dtype"] for k in kernels} == {"float16", "bfloat16", "float32", "float64"}
     assert all(0 < k["shared_bytes"] <= SM90_SHARED_MEMORY and k["registers"] for k in kernels)
 

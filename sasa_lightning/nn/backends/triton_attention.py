@@ -78,31 +78,52 @@ def launch_configs() -> list[dict]:
     return [dict(config) for config in sorted(configs)]
 
 
-def kernel_variants() -> list[tuple[str, dict, dict]]:
-    """(kernel name, signature, constants) of every compiled kernel a launch can ask for: the
-    argument types the launchers pass, per input dtype and launch config (for ahead-of-time
-    compiles: benchmarks/triton_compile.py)."""
+KERNELS = ("forward_kernel", "backward_query_kernel", "backward_key_kernel")
+_TYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def _signature(kernel: str, dtype: torch.dtype) -> dict:
+    """The argument types the launchers below pass to a kernel for inputs of dtype."""
+    data = "*" + _TYPE_NAMES[dtype]
+    acc = "*fp64" if dtype == torch.float64 else "*fp32"
+    inputs = {"q_ptr": data, "k_ptr": data, "v_ptr": data, "rows_ptr": data, "cols_ptr": data}
+    scalars = {name: "i32" for name in ("N", "H", "W", "D", "HALF", "K", "tiles_w", "has_keys", "has_rel")}
+    return {
+        "forward_kernel": {**inputs, "out_ptr": data, "lse_ptr": acc, **scalars, "mask": "i32"},
+        "backward_query_kernel": {"grad_out_ptr": data, **inputs, "lse_ptr": acc, "grad_q_ptr": data,
+                                  "delta_ptr": acc, "grad_rows_ptr": acc, "grad_cols_ptr": acc, **scalars, "mask": "i32"},
+        "backward_key_kernel": {"grad_out_ptr": data, **inputs, "lse_ptr": acc, "delta_ptr": acc, "grad_k_ptr": data,
+                                "grad_v_ptr": data, **scalars},
+    }[kernel]
+
+
+def _constants(kernel: str, config: dict) -> dict:
+    used = ("TILE_H", "TILE_W", "BLOCK_D") + (("BLOCK_K",) if kernel == "backward_query_kernel" else ())
+    return {key: config[key] for key in used}
+
+
+def kernel_variants() -> list[tuple[str, torch.dtype, dict]]:
+    """(kernel, input dtype, launch config) of every compiled kernel a launch can ask for."""
     variants = {}
     for dtype in DTYPES:
-        data = "*" + {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}[dtype]
-        acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        inputs = {"q_ptr": data, "k_ptr": data, "v_ptr": data, "rows_ptr": data, "cols_ptr": data}
-        scalars = {name: "i32" for name in ("N", "H", "W", "D", "HALF", "K", "tiles_w", "has_keys", "has_rel")}
-        arguments = {
-            "forward_kernel": {**inputs, "out_ptr": data, "lse_ptr": acc, **scalars, "mask": "i32"},
-            "backward_query_kernel": {"grad_out_ptr": data, **inputs, "lse_ptr": acc, "grad_q_ptr": data,
-                                      "delta_ptr": acc, "grad_rows_ptr": acc, "grad_cols_ptr": acc, **scalars,
-                                      "mask": "i32"},
-            "backward_key_kernel": {"grad_out_ptr": data, **inputs, "lse_ptr": acc, "delta_ptr": acc,
-                                    "grad_k_ptr": data, "grad_v_ptr": data, **scalars},
-        }
         for config in launch_configs():
-            for name, signature in arguments.items():
-                used = ("TILE_H", "TILE_W", "BLOCK_D") + (("BLOCK_K",) if name == "backward_query_kernel" else ())
-                constants = {key: config[key] for key in used} | {"ACC": acc[1:]}
-                signature = {**signature, **{key: "constexpr" for key in constants}}
-                variants[(name, data, *constants.items())] = (name, signature, constants)
+            for kernel in KERNELS:
+                variants[(kernel, dtype, *_constants(kernel, config).items())] = (kernel, dtype, config)
     return list(variants.values())
+
+
+def compile_variant(kernel: str, dtype: torch.dtype, config: dict, target):
+    """Compile one kernel variant ahead of time for a GPUTarget (a GPU that need not be here), with
+    the argument types and pointer alignment (16 bytes, as torch allocates) a launch gives it."""
+    import triton
+    import triton.language as tl
+    from triton.compiler import ASTSource
+
+    constants = _constants(kernel, config) | {"ACC": tl.float64 if dtype == torch.float64 else tl.float32}
+    signature = _signature(kernel, dtype) | {key: "constexpr" for key in constants}
+    attrs = {(index,): [["tt.divisibility", 16]] for index, kind in enumerate(signature.values()) if kind.startswith("*")}
+    source = ASTSource(fn=getattr(_kernels(), kernel), signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=target)
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -127,38 +148,38 @@ def _sizes(q: Tensor, kernel_size: int, tiles_w: int) -> tuple[int, ...]:
     return heads, height, width, dim, dim // 2, kernel_size, tiles_w
 
 
-def _launch(kernel, grid, *args, warmup: bool = False, **constants) -> None:
-    """Compile (on first use of its constants) and run a kernel; a kernel that does not compile
-    or does not fit the GPU is a KernelFailed, which "auto" falls back from."""
+def _compiling(name: str, work):
+    """work(), where a kernel that does not compile or does not fit the GPU is a KernelFailed,
+    which "auto" falls back from."""
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources, PTXASError
 
     try:
-        if warmup:
-            kernel.warmup(*args, grid=grid, **constants)
-        else:
-            kernel[grid](*args, **constants)
+        return work()
     except (CompilationError, OutOfResources, PTXASError) as error:
-        raise KernelFailed(f"the triton kernel {kernel.__name__} did not compile: {str(error).splitlines()[0]}") from error
+        raise KernelFailed(f"the triton kernel {name} did not compile: {str(error).splitlines()[0]}") from error
 
 
-# The variants whose backward kernels are compiled: (device, dtype, constants).
+def _launch(kernel, grid, *args, **constants) -> None:
+    """Run a kernel (compiled on its first launch with these constants)."""
+    _compiling(kernel.__name__, lambda: kernel[grid](*args, **constants))
+
+
+# The (device, dtype, launch config) whose kernels have been compiled in this process.
 _COMPILED: set = set()
 
 
-def _compile_backward(args: tuple, grid, constants: dict, block_k: int) -> None:
-    """Compile the backward kernels of a forward launch's variant during that forward, where a
-    failure can still fall back to another backend (in backward it could not). The forward's
-    tensors stand in for the backward's, which have their dtypes and shapes."""
-    key = (args[0].device, args[0].dtype, block_k, *constants.items())
-    if key in _COMPILED:
+def _compile_on_first_use(q: Tensor, config: dict) -> None:
+    """Compile the three kernels of a variant for this GPU on its first forward, where a failure can
+    still fall back to another backend (in backward it could not). Under the interpreter there is
+    nothing to compile."""
+    key = (q.device, q.dtype, *config.items())
+    if key in _COMPILED or interpreting():
         return
-    kernels = _kernels()
-    q, k, v, rel_rows, rel_cols, out, lse, *scalars = args
-    _launch(kernels.backward_query_kernel, grid, out, q, k, v, rel_rows, rel_cols, lse, out, lse, lse, lse, *scalars,
-            warmup=True, BLOCK_K=block_k, **constants)
-    _launch(kernels.backward_key_kernel, grid, out, q, k, v, rel_rows, rel_cols, lse, lse, out, out, *scalars[:-1],
-            warmup=True, **constants)
+    from triton.runtime import driver
+
+    for kernel in KERNELS:
+        _compiling(kernel, lambda: compile_variant(kernel, q.dtype, config, driver.active.get_current_target()))
     _COMPILED.add(key)
 
 
@@ -180,8 +201,8 @@ def forward(q, k, v, rel_rows, rel_cols, kernel_size: int, has_keys: bool, has_r
             *_sizes(q, kernel_size, tiles_w), int(has_keys), int(has_rel), int(mask))
     constants = {"TILE_H": config["TILE_H"], "TILE_W": config["TILE_W"], "BLOCK_D": config["BLOCK_D"],
                  "ACC": _triton_dtype(q.dtype)}
+    _compile_on_first_use(q, config)
     _launch(_kernels().forward_kernel, grid, *args, **constants)
-    _compile_backward(args, grid, constants, config["BLOCK_K"])
     return out, lse
 
 
