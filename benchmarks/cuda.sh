@@ -13,7 +13,7 @@ status=0
 for part in "${@:-tests layer model}"; do
   for step in $part; do
     case $step in
-      tests) "$python" -m pytest -q -p no:cacheprovider tests/test_flex.py tests/test_compiled.py tests/test_operator.py -k "cuda or compiled or flex" || status=1 ;;
+      tests) "$python" -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_flex.py tests/test_compiled.py tests/test_operator.py tests/test_layer.py -k "cuda or compiled or flex or triton" || status=1 ;;
       layer) "$python" benchmarks/layer.py --device cuda --repeats 5 || status=1 ;;
       model) "$python" benchmarks/model.py --device cuda --steps 5 || status=1 ;;
       *) echo "cuda.sh: unknown part '$step'; expected tests, layer or model" >&2; exit 2 ;;

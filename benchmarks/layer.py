@@ -32,14 +32,14 @@ from pathlib import Path
 
 from report import write_report
 
-SHAPES = [(16, 64, 56, 56), (16, 256, 14, 14)]
+SHAPES = {"cpu": [(16, 64, 56, 56), (16, 256, 14, 14)], "cuda": [(64, 64, 56, 56), (64, 256, 14, 14)]}
 QUICK_SHAPES = [(2, 32, 16, 16)]
 KERNEL_SIZE, HEADS = 7, 8
 VARIANTS = {
     "cpu": ["conv3x3", "conv3x3_channels_last", "sasa_cpu", "sasa_compiled", "sasa_chunked", "sasa_reference",
             "public_unfold", "halo_timm"],
-    "cuda": ["conv3x3", "conv3x3_channels_last", "sasa_flex", "sasa_compiled", "sasa_chunked", "sasa_reference",
-             "public_unfold", "halo_timm", "natten_na2d"],
+    "cuda": ["conv3x3", "conv3x3_channels_last", "sasa_triton", "sasa_flex", "sasa_compiled", "sasa_chunked",
+             "sasa_reference", "public_unfold", "halo_timm", "natten_na2d"],
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -171,7 +171,9 @@ def measure(variant: str, shape: tuple[int, int, int, int], repeats: int, device
 
     def step() -> float:
         start = time.perf_counter()
-        layer(x).backward(grad_out)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):  # bf16 training on GPUs
+            out = layer(x)
+        out.backward(grad_out.to(out.dtype))
         x.grad = None
         layer.zero_grad(set_to_none=True)
         if device == "cuda":
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{'shape':>18} {'variant':>22} {'time s':>8} {'x conv':>7} {'peak MiB':>9} {'x conv':>7} "
           f"{'GFLOP/s':>8} {'of peak':>8} {'1st call s':>10}")
-    for shape in QUICK_SHAPES if args.quick else SHAPES:
+    for shape in QUICK_SHAPES if args.quick else SHAPES[device]:
         conv = None
         for variant in variants:
             result = measure_variant(variant, shape, args.repeats, device)

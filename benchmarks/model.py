@@ -25,7 +25,7 @@ from report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = [("resnet26", "sasa_resnet26"), ("resnet50", "sasa_resnet50")]
-DEFAULT_BACKENDS = {"cpu": "cpu,chunked", "cuda": "flex,compiled,chunked"}
+DEFAULT_BACKENDS = {"cpu": "cpu,chunked", "cuda": "triton,flex,compiled,chunked"}
 SETTINGS = {"cpu": {"size": 128, "batch": 32, "bf16": False}, "cuda": {"size": 224, "batch": 128, "bf16": True}}
 
 

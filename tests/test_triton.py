@@ -88,3 +88,26 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     assert {k["dtype"] for k in kernels} == {"float16", "bfloat16", "float32", "float64"}
     assert all(0 < k["shared_bytes"] <= SM90_SHARED_MEMORY and k["registers"] for k in kernels)
 
+
+def test_the_readme_shows_the_performance_model_as_the_script_computes_it(tmp_path):
+    """README's performance-model table and step figures are benchmarks/performance_model.py's output."""
+    out = tmp_path / "model.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "performance_model.py"), "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    devices = json.loads(out.read_text())["devices"]
+    readme = (ROOT / "README.md").read_text()
+    h100, h200 = devices["H100 SXM"], devices["H200 SXM"]
+    for row_h100, row_h200 in zip(h100["layers"], h200["layers"]):
+        a, b = row_h100["attention"], row_h200["attention"]
+        ratio = f"{a['time_s'] / row_h100['conv3x3']['time_s']:.1f} / {b['time_s'] / row_h200['conv3x3']['time_s']:.1f}"
+        cells = [f"{a['flops'] / 1e9:.1f} G", f"{a['bytes'] / 1e9:.2f} GB", f"{a['kernel_compute_s'] * 1e3:.3f} ms",
+                 f"{a['kernel_memory_s'] * 1e3:.3f} / {b['kernel_memory_s'] * 1e3:.3f} ms",
+                 f"{a['time_s'] * 1e3:.2f} / {b['time_s'] * 1e3:.2f} ms", ratio]
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {row_h100['layer'][1:-1]} |"))
+        assert [cell for cell in cells if cell not in row] == [], row
+    steps = [h100["training_step"], h200["training_step"]]
+    for figure in (f"{steps[0]['attention_s'] * 1e3:.1f} / {steps[1]['attention_s'] * 1e3:.1f} ms",
+                   f"{steps[0]['delta_s'] * 1e3:.1f} / {steps[1]['delta_s'] * 1e3:.1f} ms",
+                   f"{steps[0]['break_even_resnet50_images_per_s']:,.0f} / {steps[1]['break_even_resnet50_images_per_s']:,.0f}"):
+        assert figure in " ".join(readme.split()), figure
