@@ -42,7 +42,10 @@ SlurmdPort=$((PORT + 1))
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$DIR/munge/munge.socket
+# cred_expire: a requeued job may only start again once its previous run's credential has
+# expired (before that, slurmd refuses the launch as revoked and the job fails). Clusters keep
+# the default 120 s; here 10 s, so a preempted job restarts within seconds.
+AuthInfo=socket=$DIR/munge/munge.socket,cred_expire=10
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
