@@ -13,8 +13,10 @@
 //
 // Forward returns, beside the output, the log-sum-exp of each pixel's logits (B, N, H, W), and
 // backward needs only that and the inputs: it recomputes the probabilities, as flash attention
-// does. Backward adds the gradients of k and v into the task's own padded planes: tasks never
-// write to the same memory.
+// does. It gathers the gradients of k and v one key row at a time, from the probabilities (and
+// their gradients) of the K query rows whose windows hold that row, kept in a ring of rows: each
+// gradient is summed in registers and stored once, where scattering each query's share into
+// padded planes loaded and stored every value K*K times. Tasks never write to the same memory.
 
 #include <torch/extension.h>
 
@@ -126,15 +128,40 @@ void with_block(int64_t count, F&& f) {
   }
 }
 
+// Rows of per-offset weights (K*K, W + K - 1) for the last K query rows, each zero-padded by
+// pad columns on both sides; a row outside the image is all zeros. Row h lives in slot h mod K.
+template <typename T>
+struct Ring {
+  int64_t kernel, size;  // slots, values per slot
+  std::vector<T> values;
+
+  explicit Ring(const Shape& s) : kernel(s.kernel), size(s.kernel * s.kernel * s.padded_width()), values(kernel * size) {}
+
+  int64_t slot(int64_t h) const { return ((h % kernel) + kernel) % kernel; }
+  const T* row(int64_t h) const { return values.data() + slot(h) * size; }
+  void clear() { std::fill(values.begin(), values.end(), T(0)); }
+  void clear(int64_t h) { std::fill_n(values.data() + slot(h) * size, size, T(0)); }
+
+  // weights (K*K, W) of query row h into its slot; the padding columns stay zero.
+  void store(int64_t h, const T* weights, int64_t width) {
+    const int64_t pad = kernel / 2, padded_width = width + kernel - 1;
+    T* target = values.data() + slot(h) * size;
+    for (int64_t o = 0; o < kernel * kernel; ++o)
+      std::memcpy(target + o * padded_width + pad, weights + o * width, width * sizeof(T));
+  }
+};
+
 template <typename T>
 struct Task {
   const Shape& s;
   std::vector<T> keys, values, logits, scores, rel_row, rel_col, lse, delta;
+  std::vector<const T*> ring_rows;  // window_gather's K query rows
 
   explicit Task(const Shape& shape)
       : s(shape), keys(shape.has_keys ? shape.dim * shape.padded_plane() : 0), values(shape.dim * shape.padded_plane()),
         logits(shape.kernel * shape.kernel * shape.width), scores(shape.kernel * shape.kernel * shape.width),
-        rel_row(shape.kernel * shape.width), rel_col(shape.kernel * shape.width), lse(shape.width), delta(shape.width) {}
+        rel_row(shape.kernel * shape.width), rel_col(shape.kernel * shape.width), lse(shape.width), delta(shape.width),
+        ring_rows(shape.kernel) {}
 
   // (D, H, W) -> the zero-padded (D, H + K - 1, W + K - 1).
   void pad(const T* source, std::vector<T>& padded) const {
@@ -143,15 +170,6 @@ struct Task {
     for (int64_t d = 0; d < s.dim; ++d)
       for (int64_t h = 0; h < s.height; ++h)
         std::memcpy(padded.data() + d * s.padded_plane() + (h + P) * Wp + P, source + d * s.plane() + h * s.width,
-                    s.width * sizeof(T));
-  }
-
-  // The padded planes' image part -> (D, H, W).
-  void crop(const std::vector<T>& padded, T* target) const {
-    const int64_t P = s.pad(), Wp = s.padded_width();
-    for (int64_t d = 0; d < s.dim; ++d)
-      for (int64_t h = 0; h < s.height; ++h)
-        std::memcpy(target + d * s.plane() + h * s.width, padded.data() + d * s.padded_plane() + (h + P) * Wp + P,
                     s.width * sizeof(T));
   }
 
@@ -243,9 +261,52 @@ struct Task {
       });
   }
 
-  // out[d * out_step + w] = sum over the window of weights[o * W + w] * the plane's neighbour
-  // (a, c) of (h, w) in channel d, for every channel: the weighted sum of values (or keys).
-  void window_sums(T* out, int64_t out_step, const T* weights, const std::vector<T>& plane, int64_t h) const {
+  // The relative logits' gradients for query row h (ds in scores): row offset a's embedding meets
+  // the first half of q, summed over the window's columns; column offset c's the second half,
+  // summed over its rows. Adds into the query gradient's row and the task's embedding gradients.
+  void relative_grads(T* gq_row, T* grad_rows, T* grad_cols, const T* q, const T* rows, const T* cols, int64_t h) {
+    const int64_t W = s.width, K = s.kernel, HW = s.plane(), half = s.half();
+    const T* __restrict ds = scores.data();
+    T* __restrict by_row = rel_row.data();
+    T* __restrict by_col = rel_col.data();
+    std::fill(by_row, by_row + K * W, T(0));
+    std::fill(by_col, by_col + K * W, T(0));
+    for (int64_t a = 0; a < K; ++a)
+      for (int64_t c = 0; c < K; ++c) {
+        const T* __restrict row = ds + (a * K + c) * W;
+        for (int64_t w = 0; w < W; ++w) {
+          by_row[a * W + w] += row[w];
+          by_col[c * W + w] += row[w];
+        }
+      }
+    for (int64_t a = 0; a < K; ++a)
+      for (int64_t d = 0; d < half; ++d) {
+        const T* __restrict q_first = q + d * HW + h * W;
+        const T* __restrict q_second = q + (d + half) * HW + h * W;
+        T* __restrict gq_first = gq_row + d * HW;
+        T* __restrict gq_second = gq_row + (d + half) * HW;
+        const T r = rows[a * half + d], c = cols[a * half + d];
+        const T* __restrict row = by_row + a * W;
+        const T* __restrict col = by_col + a * W;
+        T sum_rows = 0, sum_cols = 0;
+        for (int64_t w = 0; w < W; ++w) {
+          gq_first[w] += row[w] * r;
+          gq_second[w] += col[w] * c;
+          sum_rows += row[w] * q_first[w];
+          sum_cols += col[w] * q_second[w];
+        }
+        grad_rows[a * half + d] += sum_rows;
+        grad_cols[a * half + d] += sum_cols;
+      }
+  }
+
+  // out[d * out_step + w] = sum over the window's offsets (a, c) of weight(a, c)[w] *
+  // plane[d * P + neighbour(a, c) + w], for every channel d: weight and neighbour give row
+  // pointers and plane offsets for an offset. The forward's weighted sum of values, the
+  // backward's query gradient (ds times keys), and its key and value gradients, gathered.
+  template <typename Weight, typename Neighbour>
+  void weighted_sums(T* out, int64_t out_step, const std::vector<T>& plane, Weight&& weight,
+                     Neighbour&& neighbour) const {
     for (int64_t d0 = 0; d0 < s.dim; d0 += kBlock)
       with_block(std::min(kBlock, s.dim - d0), [&](auto block) {
         constexpr int64_t n = decltype(block)::value;
@@ -258,50 +319,42 @@ struct Task {
           typename L::type acc[n] = {};
           for (int64_t a = 0; a < K; ++a)
             for (int64_t c = 0; c < K; ++c) {
-              const typename L::type weight = L::load(weights + (a * K + c) * W + w);
-              const T* neighbours = planes + at(h, a, c) + w;
-              for (int64_t j = 0; j < n; ++j) acc[j] += weight * L::load(neighbours + j * P);
+              const typename L::type factor = L::load(weight(a, c) + w);
+              const T* neighbours = planes + neighbour(a, c) + w;
+              for (int64_t j = 0; j < n; ++j) acc[j] += factor * L::load(neighbours + j * P);
             }
           for (int64_t j = 0; j < n; ++j) L::store(channels + j * out_step + w, acc[j]);
         }
-        for (; w < W; ++w)
-          for (int64_t j = 0; j < n; ++j) {
-            T acc = 0;
-            for (int64_t a = 0; a < K; ++a)
-              for (int64_t c = 0; c < K; ++c) acc += weights[(a * K + c) * W + w] * planes[j * P + at(h, a, c) + w];
-            channels[j * out_step + w] = acc;
-          }
+        for (; w < W; ++w) {
+          T acc[n] = {};
+          for (int64_t a = 0; a < K; ++a)
+            for (int64_t c = 0; c < K; ++c) {
+              const T factor = weight(a, c)[w];
+              const T* neighbours = planes + neighbour(a, c) + w;
+              for (int64_t j = 0; j < n; ++j) acc[j] += factor * neighbours[j * P];
+            }
+          for (int64_t j = 0; j < n; ++j) channels[j * out_step + w] = acc[j];
+        }
       });
   }
 
-  // The plane's neighbour (a, c) of (h, w) in channel d += weights[o * W + w] * source[d * HW + w],
-  // for every offset and channel: the adjoint of window_sums (gradients of values or keys).
-  void scatter_add(std::vector<T>& plane, const T* weights, const T* source, int64_t h) const {
-    for (int64_t d0 = 0; d0 < s.dim; d0 += kBlock)
-      with_block(std::min(kBlock, s.dim - d0), [&](auto block) {
-        constexpr int64_t n = decltype(block)::value;
-        const int64_t W = s.width, K = s.kernel, P = s.padded_plane(), HW = s.plane();
-        const T* channels = source + d0 * HW + h * W;
-        T* planes = plane.data() + d0 * P;
-        using L = Lanes<T>;
-        int64_t w = 0;
-        for (; w + L::size <= W; w += L::size) {
-          typename L::type src[n];
-          for (int64_t j = 0; j < n; ++j) src[j] = L::load(channels + j * HW + w);
-          for (int64_t a = 0; a < K; ++a)
-            for (int64_t c = 0; c < K; ++c) {
-              const typename L::type weight = L::load(weights + (a * K + c) * W + w);
-              T* neighbours = planes + at(h, a, c) + w;
-              for (int64_t j = 0; j < n; ++j)
-                L::store(neighbours + j * P, L::load(neighbours + j * P) + weight * src[j]);
-            }
-        }
-        for (; w < W; ++w)
-          for (int64_t a = 0; a < K; ++a)
-            for (int64_t c = 0; c < K; ++c)
-              for (int64_t j = 0; j < n; ++j)
-                planes[j * P + at(h, a, c) + w] += weights[(a * K + c) * W + w] * channels[j * HW + w];
-      });
+  // Query row h's weighted sums: weights[o * W + w] for its pixels w and offsets o = a * K + c.
+  void window_sums(T* out, int64_t out_step, const T* weights, const std::vector<T>& plane, int64_t h) const {
+    const int64_t W = s.width, K = s.kernel;
+    weighted_sums(out, out_step, plane, [&](int64_t a, int64_t c) { return weights + (a * K + c) * W; },
+                  [&](int64_t a, int64_t c) { return at(h, a, c); });
+  }
+
+  // The adjoint of window_sums for key row h, gathered rather than scattered: the key (h, w) is
+  // offset (a, c) of the query (h - a + pad, w - c + pad), so its gradient is the sum over offsets
+  // of that query's weight times its source (grad_out for values, q for keys). `ring` holds the
+  // weights of query rows h - pad .. h + pad (Ring), `plane` the source zero-padded like the keys.
+  void window_gather(T* out, const Ring<T>& ring, const std::vector<T>& plane, int64_t h) {
+    const int64_t K = s.kernel, Wp = s.padded_width(), edge = 2 * s.pad();
+    for (int64_t a = 0; a < K; ++a) ring_rows[a] = ring.row(h - a + s.pad());
+    weighted_sums(out, s.plane(), plane,
+                  [&](int64_t a, int64_t c) { return ring_rows[a] + (a * K + c) * Wp + edge - c; },
+                  [&](int64_t a, int64_t c) { return (h - a + edge) * Wp + edge - c; });
   }
 };
 
@@ -368,15 +421,26 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
   const int64_t W = s.width, K = s.kernel, KK = K * K, HW = s.plane(), block = s.dim * HW, half = s.half();
   at::parallel_for(0, s.batch * s.heads, 1, [&](int64_t first, int64_t last) {
     Task<T> task(s);
-    std::vector<T> key_grads(has_keys ? s.dim * s.padded_plane() : 0), value_grads(s.dim * s.padded_plane());
+    // The key and value gradients of a row need the weights of the K query rows around it: the
+    // rows trail the queries by pad rows, and their sources (q, grad_out) are padded like keys.
+    Ring<T> probabilities(s), scores(s);
+    std::vector<T> queries(has_keys ? s.dim * s.padded_plane() : 0), grads(s.dim * s.padded_plane());
     for (int64_t t = first; t < last; ++t) {
       const int64_t n = t % s.heads, offset = t * block;
       const T* task_rows = has_rel ? rr + n * K * half : nullptr;
       const T* task_cols = has_rel ? rc + n * K * half : nullptr;
-      if (has_keys) task.pad(kp + offset, task.keys);
+      if (has_keys) {
+        task.pad(kp + offset, task.keys);
+        task.pad(qp + offset, queries);
+      }
       task.pad(vp + offset, task.values);
-      std::fill(key_grads.begin(), key_grads.end(), T(0));
-      std::fill(value_grads.begin(), value_grads.end(), T(0));
+      task.pad(gp + offset, grads);
+      probabilities.clear();
+      scores.clear();
+      const auto gather = [&](int64_t key_row) {
+        task.window_gather(gv + offset + key_row * W, probabilities, grads, key_row);
+        if (has_keys) task.window_gather(gk + offset + key_row * W, scores, queries, key_row);
+      };
       for (int64_t h = 0; h < s.height; ++h) {
         task.row_logits(qp + offset, task_rows, task_cols, h);
         task.probabilities(lp + t * HW + h * W);
@@ -390,51 +454,21 @@ std::vector<torch::Tensor> backward_impl(torch::Tensor grad_out, torch::Tensor q
         sum_of_products(delta, p, W, ds, W, KK, W, false);
         for (int64_t o = 0; o < KK; ++o)
           for (int64_t w = 0; w < W; ++w) ds[o * W + w] = p[o * W + w] * (ds[o * W + w] - delta[w]);
-        task.scatter_add(value_grads, p, gp + offset, h);
         T* gq_row = gq + offset + h * W;
         if (has_keys) task.window_sums(gq_row, HW, ds, task.keys, h);
         else
           for (int64_t d = 0; d < s.dim; ++d) std::fill(gq_row + d * HW, gq_row + d * HW + W, T(0));
-        if (has_keys) task.scatter_add(key_grads, ds, qp + offset, h);
-        if (!has_rel) continue;
-        // The relative logits: row offset a's embedding meets the first half of q, summed over
-        // the window's columns; column offset c's the second half, summed over its rows.
-        T* __restrict by_row = task.rel_row.data();
-        T* __restrict by_col = task.rel_col.data();
-        std::fill(by_row, by_row + K * W, T(0));
-        std::fill(by_col, by_col + K * W, T(0));
-        for (int64_t a = 0; a < K; ++a)
-          for (int64_t c = 0; c < K; ++c) {
-            const T* __restrict row = ds + (a * K + c) * W;
-            for (int64_t w = 0; w < W; ++w) {
-              by_row[a * W + w] += row[w];
-              by_col[c * W + w] += row[w];
-            }
-          }
-        T* task_grad_rows = grr + t * K * half;
-        T* task_grad_cols = grc + t * K * half;
-        for (int64_t a = 0; a < K; ++a)
-          for (int64_t d = 0; d < half; ++d) {
-            const T* __restrict q_first = qp + offset + d * HW + h * W;
-            const T* __restrict q_second = qp + offset + (d + half) * HW + h * W;
-            T* __restrict gq_first = gq_row + d * HW;
-            T* __restrict gq_second = gq_row + (d + half) * HW;
-            const T r = task_rows[a * half + d], c = task_cols[a * half + d];
-            const T* __restrict row = by_row + a * W;
-            const T* __restrict col = by_col + a * W;
-            T sum_rows = 0, sum_cols = 0;
-            for (int64_t w = 0; w < W; ++w) {
-              gq_first[w] += row[w] * r;
-              gq_second[w] += col[w] * c;
-              sum_rows += row[w] * q_first[w];
-              sum_cols += col[w] * q_second[w];
-            }
-            task_grad_rows[a * half + d] += sum_rows;
-            task_grad_cols[a * half + d] += sum_cols;
-          }
+        if (has_rel)
+          task.relative_grads(gq_row, grr + t * K * half, grc + t * K * half, qp + offset, task_rows, task_cols, h);
+        probabilities.store(h, p, W);
+        scores.store(h, ds, W);
+        if (h >= s.pad()) gather(h - s.pad());
       }
-      if (has_keys) task.crop(key_grads, gk + offset);
-      task.crop(value_grads, gv + offset);
+      for (int64_t h = s.height; h < s.height + s.pad(); ++h) {  // the last rows' windows reach below the image
+        probabilities.clear(h);
+        scores.clear(h);
+        if (h >= s.pad()) gather(h - s.pad());
+      }
     }
   });
   return {grad_q, grad_k, grad_v, grad_rows.sum(0), grad_cols.sum(0)};
