@@ -189,9 +189,11 @@ def measure(variant: str, shape: tuple[int, int, int, int], repeats: int, device
             step()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            before = _resident_mib("VmRSS")
             with open("/proc/self/clear_refs", "w") as clear:
                 clear.write("5")  # resets VmHWM, the peak resident set, to the current one
+            # The base is the reset peak itself: a VmRSS read just before could be above it (pages
+            # freed in between), and a small step's peak then came out negative.
+            before = _resident_mib("VmHWM")
             step()
             peak = _resident_mib("VmHWM") - before
         return {"peak_mib": peak, "peak_activations": peak / activation_mib}

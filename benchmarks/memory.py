@@ -42,9 +42,9 @@ def model_peak(name: str, backend: str, size: int) -> float:
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000, **({"backend": backend} if backend != "-" else {}))
     images, labels = torch.randn(MODEL_BATCH, 3, size, size), torch.zeros(MODEL_BATCH, dtype=torch.long)
-    before = _resident_mib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets VmHWM to the current resident set
+    before = _resident_mib("VmHWM")  # the reset peak: a VmRSS read before the reset could exceed it
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     return _resident_mib("VmHWM") - before
 
