@@ -29,7 +29,8 @@ def small_tiles(monkeypatch):
 def _compiled_backend_runs_eagerly(request):
     """Compiling every shape of the backend matrices would take many minutes on 2 cores, so there
     what torch.compile would compile (the compiled backend's formulation, flex_attention) runs
-    eagerly, the same graph. Tests marked `inductor` (test_compiled.py, test_flex.py) compile it."""
+    eagerly, the same graph. Tests marked `inductor` (test_compiled.py, test_flex.py,
+    test_custom_ops.py) compile and trace for real."""
     if request.node.get_closest_marker("inductor"):
         yield
         return

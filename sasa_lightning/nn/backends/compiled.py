@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import fused
+from . import custom_ops, fused
 from .call import Call
 
 
@@ -161,12 +161,7 @@ def can_run(call: Call) -> str | None:
     return None  # inductor generates C++ on CPU and Triton on GPUs, forward and backward
 
 
-def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
-    return fused.local_attention(KERNEL, q, k, v, rel_rows, rel_cols, kernel_size, padding)
+custom_ops.register_kernel("compiled", lambda: KERNEL)
 
-
-def local_self_attention(
-    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
-) -> Tensor:
-    return fused.local_self_attention(KERNEL, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
-                                      kernel_size, heads, key_bias, padding)
+local_attention = functools.partial(custom_ops.local_attention, "compiled")
+local_self_attention = functools.partial(custom_ops.local_self_attention, "compiled")

@@ -15,9 +15,8 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch import Tensor
 
-from . import fused
+from . import custom_ops, fused
 from .call import Call
 from .errors import KernelFailed
 
@@ -64,12 +63,7 @@ def can_run(call: Call) -> str | None:
     return None
 
 
-def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
-    return fused.local_attention(kernel(), q, k, v, rel_rows, rel_cols, kernel_size, padding)
+custom_ops.register_kernel("cpu", kernel)
 
-
-def local_self_attention(
-    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
-) -> Tensor:
-    return fused.local_self_attention(kernel(), x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
-                                      kernel_size, heads, key_bias, padding)
+local_attention = functools.partial(custom_ops.local_attention, "cpu")
+local_self_attention = functools.partial(custom_ops.local_self_attention, "cpu")

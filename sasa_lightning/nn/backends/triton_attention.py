@@ -18,7 +18,7 @@ import os
 import torch
 from torch import Tensor
 
-from . import fused
+from . import custom_ops, fused
 from .call import Call
 from .errors import BackendUnavailable, KernelFailed
 
@@ -239,15 +239,8 @@ def backward(grad_out, q, k, v, rel_rows, rel_cols, lse, kernel_size: int, has_k
     return grad_q, grad_k, grad_v, rows, cols
 
 
-KERNEL = fused.Kernel(forward=forward, backward=backward, dtypes=DTYPES)
+KERNEL = fused.Kernel(forward=forward, backward=backward)
+custom_ops.register_kernel("triton", lambda: KERNEL, DTYPES)
 
-
-def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
-    return fused.local_attention(KERNEL, q, k, v, rel_rows, rel_cols, kernel_size, padding)
-
-
-def local_self_attention(
-    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
-) -> Tensor:
-    return fused.local_self_attention(KERNEL, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
-                                      kernel_size, heads, key_bias, padding)
+local_attention = functools.partial(custom_ops.local_attention, "triton")
+local_self_attention = functools.partial(custom_ops.local_self_attention, "triton")
