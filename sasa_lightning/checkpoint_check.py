@@ -9,6 +9,9 @@ from .tasks.weights import CheckpointError, read_checkpoint
 
 # Keys Lightning's CLI adds to hyper-parameters, not options of the task.
 CLI_KEYS = ("_class_path", "_instantiator")
+# Task options that say how the model runs, not what it computes: the command line decides them,
+# also when it resumes or evaluates a checkpoint saved with others.
+RUN_OPTIONS = ("compile", "channels_last")
 
 
 def checkpoint_hparams(path: str) -> dict[str, Any]:
@@ -49,8 +52,9 @@ def refuse_contradictions(model_config: Any, hparams: dict[str, Any], path: str,
     `compared`) equal the checkpoint's.
 
     Options the task fills in from the data when it trains (its `hparams_from_data`, such as a
-    detector's category ids) are not compared, nor `linked` ones, which the CLI sets from the data
-    module only when it builds the classes; neither are options the checkpoint lacks.
+    detector's category ids) are not compared, nor RUN_OPTIONS, nor `linked` ones, which the CLI
+    sets from the data module only when it builds the classes; neither are options the checkpoint
+    lacks.
     """
     if model_config is None or not hparams:
         return
@@ -61,7 +65,7 @@ def refuse_contradictions(model_config: Any, hparams: dict[str, Any], path: str,
             f"checkpoint {path!r} is of {_task_name(theirs)}, but the config trains {_task_name(ours)}; "
             f"give a checkpoint of this task, or the config the checkpoint was trained with"
         )
-    skipped = set(CLI_KEYS) | set(linked) | set(getattr(_task_class(ours), "hparams_from_data", ()))
+    skipped = set(CLI_KEYS) | set(RUN_OPTIONS) | set(linked) | set(getattr(_task_class(ours), "hparams_from_data", ()))
     options = config.get("init_args") or {}
     differ = [
         f"{key} {options[key]!r} (checkpoint: {hparams[key]!r})"

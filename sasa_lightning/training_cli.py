@@ -27,7 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from .argument_errors import TRAINER_COMMANDS, explain_argument_error
 from .callbacks import LineProgress, PredictionWriter, Throughput
 from .checkpoint_io import AtomicCheckpointIO
-from .checkpoint_check import checkpoint_hparams, refuse_contradictions
+from .checkpoint_check import RUN_OPTIONS, checkpoint_hparams, refuse_contradictions
 from .distributed.preemption import Preemption
 from .errors import ConfigError
 from .run_history import mark_continuation, run_history
@@ -153,7 +153,13 @@ class SasaCLI(LightningCLI):
             compared = None if subcommand == "fit" else ARCHITECTURE_OPTIONS
             refuse_contradictions(self.config[subcommand].get("model"), checkpoint_hparams(path), path,
                                   linked=LINKED_FROM_DATA, compared=compared)
+        model = subcommand and self.config[subcommand].get("model")
+        init_args = (model or {}).get("init_args") or {}
+        run_options = {key: init_args[key] for key in RUN_OPTIONS if key in init_args}
         super()._parse_ckpt_path()
+        # Lightning has put the checkpoint's options over the command line's; how to run is ours.
+        for key, value in run_options.items():
+            self.config[subcommand]["model"]["init_args"][key] = value
 
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})

@@ -203,3 +203,26 @@ def test_ddp_validation_counts_every_image_once(trained, shapes, tmp_path):
         maps[devices] = {k: float(v) for k, v in rows(root)[-1].items() if k.startswith("val/") and v}
     assert set(maps[1]) == {f"val/{k}" for k in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")}
     assert maps[2] == pytest.approx(maps[1], abs=1e-6), (maps[1], maps[2])
+
+
+def test_the_detector_runs_its_backbone_channels_last_with_the_same_losses():
+    from sasa_lightning.tasks import ObjectDetector
+
+    options = {"depth": 26, "base_width": 16, "channels": 32, "kernel_size": 3, "anchor_size": 8, "min_size": 64,
+               "max_size": 64}
+    detectors = []
+    for channels_last in (True, False):
+        torch.manual_seed(0)
+        detectors.append(ObjectDetector("retinanet_sasa_resnet50", num_classes=3, model_options=options,
+                                        channels_last=channels_last))
+    backbone = detectors[0].model.backbone
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in backbone.parameters() if p.dim() == 4)
+    seen = []
+    backbone.body.stem.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    images = [torch.rand(3, 64, 64), torch.rand(3, 48, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])}] * 2
+    losses = [detector.model(images, targets) for detector in detectors]
+    assert seen == [True]
+    for key in losses[1]:
+        torch.testing.assert_close(losses[0][key], losses[1][key], rtol=1e-5, atol=1e-5)

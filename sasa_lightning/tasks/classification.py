@@ -13,11 +13,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import create_model
 from .ema import EMA
 from .train_means import TrainMeans
-from .optim import global_batch_size, scaled_learning_rate, sgd_warmup_cosine
+from .optim import ScaledLearningRate, sgd_warmup_cosine
 from .weights import load_for_finetuning
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(ScaledLearningRate, L.LightningModule):
     """A registry model trained with cross-entropy, SGD + Nesterov and a warm-up + cosine schedule.
 
     model / model_options: the registry name and its overrides (create_model). The learning rate
@@ -27,7 +27,13 @@ class ImageClassifier(L.LightningModule):
     weights is kept, and it is what validation, test, predict and fine-tuning use.
     bn_momentum: PyTorch's batch-norm momentum, 1 - the paper's "decay" (0.9999 -> 0.0001).
     init_from: a checkpoint to start from (another head size is fine; another body is refused).
+    Lightning's learning-rate finder works on `lr` (ScaledLearningRate): what it finds is kept
+    as lr_per_256.
+    compile: run the model under torch.compile (nn.Module.compile: its state dict, hence every
+    checkpoint, is the same as without); the EMA copy runs eagerly.
     """
+
+    lr_option, reference_batch = "lr_per_256", 256
 
     def __init__(
         self,
@@ -44,6 +50,7 @@ class ImageClassifier(L.LightningModule):
         bn_momentum: float | None = None,
         channels_last: bool = True,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -57,6 +64,9 @@ class ImageClassifier(L.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         self.ema = EMA(self.model, ema_decay) if ema_decay else None
+        if compile:  # after the EMA's deep copy, which would share the compiled call of the original
+            self.model.compile()
+            rank_zero_info("compile: the model runs under torch.compile")
         top_k = min(5, num_classes)
         self.metrics = torch.nn.ModuleDict(
             {
@@ -134,5 +144,4 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        lr = scaled_learning_rate(hp.lr_per_256, global_batch_size(self.trainer))
-        return sgd_warmup_cosine(self.model, self.trainer, lr, hp.momentum, hp.nesterov, hp.weight_decay, hp.warmup_epochs)
+        return sgd_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay, hp.warmup_epochs)

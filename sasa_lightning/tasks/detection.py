@@ -11,7 +11,7 @@ from torchvision.models.detection import RetinaNet
 
 from ..models import create_model
 from ..errors import ConfigError
-from .optim import OPTIMIZERS, global_batch_size, scaled_learning_rate, sgd_warmup_cosine
+from .optim import OPTIMIZERS, ScaledLearningRate, sgd_warmup_cosine
 from .train_means import TrainMeans
 from .weights import load_backbone
 
@@ -33,13 +33,19 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().as_subclass(torch.Tensor).cpu()
 
 
-class ObjectDetector(L.LightningModule):
+def _to_channels_last(module: torch.nn.Module, args: tuple) -> tuple:
+    # The batch RetinaNet's transform pads and stacks, before the backbone sees it.
+    return (args[0].contiguous(memory_format=torch.channels_last),)
+
+
+class ObjectDetector(ScaledLearningRate, L.LightningModule):
     """A registry detector trained with RetinaNet's focal and box losses, SGD with momentum and a
     warm-up + cosine schedule; validated with COCO mAP.
 
     model / model_options: the registry name and its overrides (create_model). The learning rate
     is given per 64 images (the paper's 0.12 at batch 64) and scaled by the global batch; one
-    warm-up epoch from 0, then cosine decay over trainer.max_epochs. Weight decay skips norms,
+    warm-up epoch from 0, then cosine decay over trainer.max_epochs; Lightning's learning-rate
+    finder works on `lr`, and what it finds is kept as lr_per_64 (ScaledLearningRate). Weight decay skips norms,
     biases and position embeddings. optimizer "adamw" (momentum as its beta1) instead of the
     paper's "sgd" is for small models trained from scratch, such as the shapes demo's.
     backbone_init: a classifier checkpoint (an ImageClassifier's, or `sasa export`'s) whose
@@ -49,8 +55,13 @@ class ObjectDetector(L.LightningModule):
     category_ids / category_names: the data set's category of each label, taken from the data
     module when training starts and kept in the checkpoint, so that predictions name COCO
     categories.
+    channels_last: the backbone (body and FPN) keeps its weights and takes its batch in
+    channels-last memory format, as the classifier does. compile: the backbone runs under
+    torch.compile; the heads, losses and box decoding, whose shapes depend on the detections,
+    stay eager.
     """
 
+    lr_option, reference_batch = "lr_per_64", 64
     checkpoint_metric = "val/map"  # what the "best" checkpoint follows (higher is better)
     # Set from the data module when training starts, so a checkpoint may differ from the config.
     hparams_from_data = ("category_ids", "category_names")
@@ -69,6 +80,8 @@ class ObjectDetector(L.LightningModule):
         backbone_init: str | None = None,
         category_ids: list[int] | None = None,
         category_names: list[str] | None = None,
+        channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -81,6 +94,12 @@ class ObjectDetector(L.LightningModule):
                 raise ConfigError(f"{name} must give one entry per class ({num_classes}), got {len(values)}")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if channels_last:
+            self.model.backbone.to(memory_format=torch.channels_last)
+            self.model.backbone.register_forward_pre_hook(_to_channels_last)
+        if compile:
+            self.model.backbone.compile()
+            rank_zero_info("compile: the backbone runs under torch.compile")
         self.train_means = TrainMeans(LOSSES)
         # This process's (detections, ground truth) per evaluated image, until the epoch ends.
         self._evaluated: dict[str, list] = {"val": [], "test": []}
@@ -172,6 +191,5 @@ class ObjectDetector(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        lr = scaled_learning_rate(hp.lr_per_64, global_batch_size(self.trainer), reference_batch_size=64)
-        return sgd_warmup_cosine(self.model, self.trainer, lr, hp.momentum, hp.nesterov, hp.weight_decay,
+        return sgd_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay,
                                  hp.warmup_epochs, hp.optimizer)

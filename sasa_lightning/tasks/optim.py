@@ -37,6 +37,28 @@ def scaled_learning_rate(lr: float, global_batch_size: int, reference_batch_size
     return lr * global_batch_size / reference_batch_size
 
 
+class ScaledLearningRate:
+    """A task's `lr`: the optimiser's rate, its `lr_option` (the rate per `reference_batch`
+    images) scaled by the global batch. Lightning's learning-rate finder (the LearningRateFinder
+    callback, Tuner.lr_find) reads and sets `lr`; what it finds is stored per reference_batch
+    images, so the checkpoint records it as the config gives it, and the schedules' base rates
+    follow it: the finder sets the optimiser's rate, which the warm-up/cosine schedule would put
+    back to the old one at its next step."""
+
+    lr_option: str
+    reference_batch: int
+
+    @property
+    def lr(self) -> float:
+        return scaled_learning_rate(self.hparams[self.lr_option], global_batch_size(self.trainer), self.reference_batch)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.hparams[self.lr_option] = value * self.reference_batch / global_batch_size(self.trainer)
+        for config in self.trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [value] * len(config.scheduler.base_lrs)
+
+
 def global_batch_size(trainer) -> int:
     """Images per optimiser step: per-device batch x devices x gradient accumulation."""
     per_device = getattr(trainer.datamodule, "batch_size", None)
