@@ -63,5 +63,5 @@ def test_attention_resnet_takes_odd_feature_map_sizes():
     """72x72 gives 9, 5 and 3 pixel stages: the strided attention must round up as the strided shortcut does."""
     model = create_model("sasa_resnet26", kernel_size=3, num_classes=4).eval()
     with torch.no_grad():
-        features = model.forward_features(torch.rand(1, 3, 72, 72))
+        features = model.forward_stages(torch.rand(1, 3, 72, 72))
     assert [f.shape[-1] for f in features] == [18, 9, 5, 3]

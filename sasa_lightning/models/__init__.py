@@ -3,5 +3,8 @@
 from .complexity import Complexity, complexity
 from .registry import create_model, list_models, register_model
 from .resnet import ResNet
+from .timm_models import register_with_timm
+
+register_with_timm()
 
 __all__ = ["Complexity", "ResNet", "complexity", "create_model", "list_models", "register_model"]

@@ -113,7 +113,11 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_classes, self.num_features = num_classes, in_channels
         self.fc = nn.Linear(in_channels, num_classes)
+        # The stages' outputs as timm's feature extractors (features_only=True) name them.
+        self.feature_info = [dict(num_chs=width * EXPANSION, reduction=4 * 2**index, module=f"stages.{index}")
+                             for index, width in enumerate(widths)]
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -128,7 +132,7 @@ class ResNet(nn.Module):
             if isinstance(module, Bottleneck):
                 nn.init.zeros_(module.bn3.weight)
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
         """The outputs of the four stages (C2-C5), for detection backbones."""
         x = self.stem(x)
         features = []
@@ -137,5 +141,24 @@ class ResNet(nn.Module):
             features.append(x)
         return features
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's feature map (timm's name and meaning)."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled features (pre_logits) or logits from forward_features' map."""
+        x = self.pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.pool(self.forward_features(x)[-1]).flatten(1))
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for num_classes (timm's fine-tuning entry point); the pool stays the average."""
+        if global_pool not in (None, "avg"):
+            raise ConfigError(f"global_pool must be 'avg' (the paper's), got {global_pool!r}")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()

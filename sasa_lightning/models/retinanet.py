@@ -61,7 +61,7 @@ class ResNetFPN(nn.Module):
         self.out_channels = channels
 
     def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
-        c3, c4, c5 = self.body.forward_features(images)[1:]
+        c3, c4, c5 = self.body.forward_stages(images)[1:]
         return self.fpn(OrderedDict([("c3", c3), ("c4", c4), ("c5", c5)]))
 
 
