@@ -21,6 +21,8 @@ from pathlib import Path
 from .argument_errors import TRAINER_COMMANDS
 from .errors import ConfigError, UserError
 
+EXPORT_FORMATS = ("checkpoint", "state_dict", "exported", "onnx")  # sasa export --format, inference_export.py
+
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
     from .models import complexity, create_model
@@ -104,9 +106,18 @@ def _tools_parser() -> argparse.ArgumentParser:
     plot.add_argument("log_dir", help="a run's log folder holding metrics.csv, e.g. runs/digits/logs/version_0")
     plot.add_argument("--out", default=None, help="default: <log_dir>/curves.png")
 
-    export = commands.add_parser("export", help="a DeepSpeed checkpoint directory to one fp32 Lightning checkpoint")
-    export.add_argument("checkpoint_dir", help="the directory a DeepSpeed run wrote, e.g. runs/x/checkpoints/last.ckpt")
-    export.add_argument("out", help="the .ckpt file to write")
+    export = commands.add_parser(
+        "export", help="a checkpoint as one fp32 Lightning checkpoint, its inference weights, a torch.export program "
+                       "or an ONNX model")
+    export.add_argument("checkpoint", help="a checkpoint file, or the directory a DeepSpeed run wrote "
+                                           "(e.g. runs/x/checkpoints/last.ckpt)")
+    export.add_argument("out", help="the file to write")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="checkpoint",
+                        help="checkpoint: a DeepSpeed directory to one Lightning checkpoint (default); state_dict: the "
+                             "inference weights (EMA when present); exported: a classifier as a torch.export program; "
+                             "onnx: a classifier as an ONNX model")
+    export.add_argument("--image-size", type=int, default=224,
+                        help="exported and onnx: the input's height and width (the batch size stays free; default 224)")
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
     bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit", "triton-compile",
@@ -154,9 +165,9 @@ def _tool(args: argparse.Namespace) -> int:
 
         print(f"wrote {plot_run(args.log_dir, args.out)}")
     elif args.command == "export":
-        from .distributed.export import export_deepspeed_checkpoint
+        from .inference_export import export
 
-        print(f"wrote {export_deepspeed_checkpoint(args.checkpoint_dir, args.out)}")
+        print(f"wrote {export(args.checkpoint, args.out, args.format, args.image_size)}")
     elif args.command == "bench":
         return run_benchmark(args.name, args.args)
     return 0

@@ -219,6 +219,25 @@ def cases(tmp: Path) -> dict[str, Case]:
         "export of a folder that is not a DeepSpeed checkpoint": Case(["export", str(tmp / "empty_folder"), str(tmp / "x.ckpt")],
                                                                       ["empty_folder"], [tmp / "x.ckpt"]),
         "export of a file": Case(["export", str(tmp / "small.ckpt"), str(tmp / "x.ckpt")], ["small.ckpt"], [tmp / "x.ckpt"]),
+        "export onnx of a detector": Case(["export", str(detector), str(tmp / "x.onnx"), "--format", "onnx"],
+                                          ["detector.ckpt", "detector", "state_dict"], [tmp / "x.onnx"]),
+        "export onnx of a checkpoint without its weights": Case(
+            ["export", str(r26), str(tmp / "x.onnx"), "--format", "onnx"], ["r26.ckpt", "weights of its own model"],
+            [tmp / "x.onnx"]),
+        "export onnx of a plain state dict": Case(["export", str(tmp / "small.ckpt"), str(tmp / "x.onnx"), "--format", "onnx"],
+                                                  ["small.ckpt", "names no model"], [tmp / "x.onnx"]),
+        "export onnx of a truncated checkpoint": Case(
+            ["export", str(tmp / "truncated.ckpt"), str(tmp / "x.onnx"), "--format", "onnx"], ["truncated.ckpt"],
+            [tmp / "x.onnx"]),
+        "export onnx at a size below 32": Case(["export", str(r26), str(tmp / "x.onnx"), "--format", "onnx", "--image-size", "8"],
+                                               ["--image-size", "32", "8"], [tmp / "x.onnx"]),
+        "export a program to a name without .pt2": Case(["export", str(r26), str(tmp / "x.zip"), "--format", "exported"],
+                                                        ["x.zip", ".pt2"], [tmp / "x.zip"]),
+        "export state_dict of a missing checkpoint": Case(
+            ["export", str(tmp / "gone.ckpt"), str(tmp / "x.pt"), "--format", "state_dict"], ["gone.ckpt", "does not exist"],
+            [tmp / "x.pt"]),
+        "export in an unknown format": Case(["export", str(r26), str(tmp / "x.onnx"), "--format", "tflite"],
+                                            ["--format", "tflite"], [tmp / "x.onnx"]),
         # COCO
         "COCO annotations that are not JSON": Case(_shapes(tmp, coco_not_json), ["instances_train2017.json", "not valid JSON"], run),
         "a COCO category id that is a string": Case(_shapes(tmp, coco_string_category), ["category", "'1'", "integer id"], run),
