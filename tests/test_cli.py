@@ -90,14 +90,16 @@ def test_memory_benchmark_runs_records_and_plots(tmp_path):
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
+@pytest.mark.inductor
 def test_model_benchmark_runs_and_records(tmp_path):
     out = tmp_path / "model.json"
-    assert main(["bench", "model", "--quick", "--steps", "1", "--backends", "cpu", "--out", str(out)]) == 0
+    assert main(["bench", "model", "--quick", "--steps", "1", "--backends", "cpu,chunked", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [(r["model"], r["backend"]) for r in report["results"]] == [("resnet26", "-"), ("sasa_resnet26", "cpu")]
+    assert [(r["model"], r["backend"], r["mode"]) for r in report["results"]] == [
+        ("resnet26", "-", "eager"), ("sasa_resnet26", "cpu", "eager"), ("sasa_resnet26", "chunked", "eager"),
+        ("resnet26", "-", "compiled"), ("sasa_resnet26", "cpu", "compiled")]
     assert all(r["images_per_s"] > 0 and r["peak_mib"] > 0 for r in report["results"])
-    assert report["results"][0]["vs_conv"] == 1.0
+    assert report["results"][0]["vs_conv"] == report["results"][3]["vs_conv"] == 1.0
 
 
 def test_plot_writes_a_png_of_the_curves(tmp_path, capsys):
