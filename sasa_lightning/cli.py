@@ -119,11 +119,35 @@ def _tools_parser() -> argparse.ArgumentParser:
     export.add_argument("--image-size", type=int, default=224,
                         help="exported and onnx: the input's height and width (the batch size stays free; default 224)")
 
+    attention = commands.add_parser(
+        "attention", help="a PNG of where the attention layers look, for a pixel of an image: each head's window "
+                          "weights over the image, and the attention stem's value mixtures")
+    attention.add_argument("--ckpt", required=True, help="a classifier's or detector's checkpoint (file or DeepSpeed "
+                                                         "directory)")
+    attention.add_argument("--image", required=True, help="the image (any format Pillow reads)")
+    attention.add_argument("--out", required=True, help="the PNG to write")
+    attention.add_argument("--pixel", type=_pixel, default=None,
+                           help="ROW,COL in the image as the network sees it (sides rounded to multiples of 32); "
+                                "default: the centre, and for a classifier the peak of its predicted class's map")
+    attention.add_argument("--layers", type=lambda text: [name for name in text.split(",") if name], default=None,
+                           help="attention layers by module name, comma-separated (default: the first of each stage)")
+    attention.add_argument("--mean", type=float, nargs=3, default=None,
+                           help="a classifier's input normalisation (default: ImageNet's; a detector's is its own)")
+    attention.add_argument("--std", type=float, nargs=3, default=None)
+
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
     bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit", "triton-compile",
                                         "performance-model"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
+
+
+def _pixel(text: str) -> tuple[int, int]:
+    try:
+        row, col = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL (two integers), got {text!r}") from None
+    return row, col
 
 
 def _terminate_as_interrupt(signum, frame) -> None:
@@ -168,6 +192,12 @@ def _tool(args: argparse.Namespace) -> int:
         from .inference_export import export
 
         print(f"wrote {export(args.checkpoint, args.out, args.format, args.image_size)}")
+    elif args.command == "attention":
+        from .attention_maps import IMAGENET_MEAN, IMAGENET_STD, attention_maps
+
+        out, windows = attention_maps(args.ckpt, args.image, args.out, args.pixel, args.layers,
+                                      tuple(args.mean or IMAGENET_MEAN), tuple(args.std or IMAGENET_STD))
+        print(f"wrote {out} ({len(windows)} windows)")
     elif args.command == "bench":
         return run_benchmark(args.name, args.args)
     return 0

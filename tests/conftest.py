@@ -36,3 +36,20 @@ def _compiled_backend_runs_eagerly(request):
         return
     with torch.compiler.set_stance("force_eager"):
         yield
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """(checkpoint, digits cache): three steps of test_training's quick digits run with the demo's
+    EMA, shared by the tests that need a trained classifier (exports, attention maps)."""
+    from sasa_lightning.cli import main
+    from test_training import QUICK
+
+    root = tmp_path_factory.mktemp("trained_digits")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SASA_CACHE", str(root / "cache"))
+    try:
+        assert main(["fit", *QUICK, "--trainer.default_root_dir", str(root / "run"), "--trainer.max_epochs", "1"]) == 0
+    finally:
+        patch.undo()
+    return root / "run" / "checkpoints" / "last.ckpt", root / "cache"

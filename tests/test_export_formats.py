@@ -12,20 +12,13 @@ from sasa_lightning.cli import main
 from sasa_lightning.data.digits import DIGITS_MEAN, DIGITS_STD
 from sasa_lightning.inference_export import load_classifier
 from sasa_lightning.models import create_model
-from test_training import QUICK
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(checkpoint, digits cache): three steps of the quick digits run, EMA on (the demo's)."""
-    root = tmp_path_factory.mktemp("trained")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SASA_CACHE", str(root / "cache"))
-    assert main(["fit", *QUICK, "--trainer.default_root_dir", str(root / "run"), "--trainer.max_epochs", "1"]) == 0
-    yield root / "run" / "checkpoints" / "last.ckpt", root / "cache"
-    patch.undo()
+@pytest.fixture
+def trained(trained_digits):
+    return trained_digits
 
 
 def digit_scans(cache: Path, count: int) -> torch.Tensor:

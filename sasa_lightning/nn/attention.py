@@ -70,17 +70,34 @@ class LocalSelfAttention2d(nn.Module):
             if weight is not None:
                 nn.init.normal_(weight, std=self.in_channels**-0.5)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _positions(self, x: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(key_bias, rel_rows, rel_cols) for an input like x; None where the layer has none."""
         key_bias = None
         if self.positional == "absolute":
             key_bias = sinusoidal_2d(self.out_channels, *x.shape[-2:], device=x.device, dtype=x.dtype)
         rel_rows = self.relative.rel_rows if self.relative is not None else None
         rel_cols = self.relative.rel_cols if self.relative is not None else None
+        return key_bias, rel_rows, rel_cols
+
+    def forward(self, x: Tensor) -> Tensor:
+        key_bias, rel_rows, rel_cols = self._positions(x)
         out = local_self_attention(
             x, self.query, self.key, self.value, rel_rows, rel_cols, self.kernel_size, self.heads,
             key_bias, self.padding, self.backend,
         )
         return self.pool(out)
+
+    def attention_weights(self, x: Tensor) -> Tensor:
+        """(B, heads, k*k, H, W): each pixel's softmax over its window for the input x, at x's
+        resolution (before a stride-2 pool); window index = row offset * k + column offset. The
+        reference backend's computation of this layer's forward, which every backend is tested
+        equal to; with zero padding the window's cells outside the image take part."""
+        from .backends import reference
+
+        key_bias, rel_rows, rel_cols = self._positions(x)
+        q, k, _ = reference.project_qkv(x, self.query, self.key, self.value, self.heads, key_bias)
+        p = self.kernel_size // 2
+        return reference.window_weights(q, k, rel_rows, rel_cols, self.kernel_size, self.padding, (p, p))
 
     def extra_repr(self) -> str:
         return (

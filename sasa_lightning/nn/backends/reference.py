@@ -31,6 +31,36 @@ def can_run(call: Call) -> str | None:
     return None  # anywhere, in any floating dtype, with gradients
 
 
+def window_weights(
+    q: Tensor,
+    k: Tensor | None,
+    rel_rows: Tensor | None,
+    rel_cols: Tensor | None,
+    kernel_size: int,
+    padding: str,
+    pad_rows: tuple[int, int],
+) -> Tensor:
+    """(B, N, k*k, rows, W): each query's softmax over its window (window index = row offset * k
+    + column offset); the shapes and pad_rows as window_attention's."""
+    p = kernel_size // 2
+    pad = (p, p, pad_rows[0], pad_rows[1])
+    logits = None
+    if k is not None:
+        logits = (q.unsqueeze(3) * _windows(k, kernel_size, pad)).sum(2)
+    if rel_rows is not None:
+        half = q.shape[2] // 2
+        row_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, :half], rel_rows)
+        col_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, half:], rel_cols)
+        rel_logits = (row_logits.unsqueeze(3) + col_logits.unsqueeze(2)).flatten(2, 3)
+        logits = rel_logits if logits is None else logits + rel_logits
+    if padding == "mask":
+        context_rows = q.shape[3] + 2 * p - sum(pad_rows)  # the rows of the image the windows reach
+        inside = q.new_ones(1, 1, 1, context_rows, q.shape[4])
+        outside = _windows(inside, kernel_size, pad)[:, :, 0] == 0
+        logits = logits.masked_fill(outside, float("-inf"))
+    return logits.softmax(dim=2)
+
+
 def window_attention(
     q: Tensor,
     k: Tensor | None,
@@ -50,22 +80,8 @@ def window_attention(
     Returns (B, N, D, rows, W).
     """
     p = kernel_size // 2
-    pad = (p, p, pad_rows[0], pad_rows[1])
-    logits = None
-    if k is not None:
-        logits = (q.unsqueeze(3) * _windows(k, kernel_size, pad)).sum(2)
-    if rel_rows is not None:
-        half = q.shape[2] // 2
-        row_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, :half], rel_rows)
-        col_logits = torch.einsum("bndhw,nkd->bnkhw", q[:, :, half:], rel_cols)
-        rel_logits = (row_logits.unsqueeze(3) + col_logits.unsqueeze(2)).flatten(2, 3)
-        logits = rel_logits if logits is None else logits + rel_logits
-    if padding == "mask":
-        inside = torch.ones_like(v[:1, :1, :1])
-        outside = _windows(inside, kernel_size, pad)[:, :, 0] == 0
-        logits = logits.masked_fill(outside, float("-inf"))
-    weights = logits.softmax(dim=2)
-    return (weights.unsqueeze(2) * _windows(v, kernel_size, pad)).sum(3)
+    weights = window_weights(q, k, rel_rows, rel_cols, kernel_size, padding, pad_rows)
+    return (weights.unsqueeze(2) * _windows(v, kernel_size, (p, p, *pad_rows))).sum(3)
 
 
 def local_attention(
