@@ -41,19 +41,18 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[nn.Module, bool, tuple 
     """(the network the maps are drawn from, whether it is a classifier, the (mean, std) the
     checkpoint knows): a classifier's ResNet, or a detector's backbone body, with the inference
     (EMA) weights."""
-    from .inference_export import load_classifier, readable_checkpoint
+    from .inference_export import classifier_from, readable_checkpoint
     from .models import create_model
     from .tasks.weights import CheckpointError, read_checkpoint
 
     with readable_checkpoint(checkpoint) as file:
-        hparams = read_checkpoint(file).get("hyper_parameters") or {}
+        state = read_checkpoint(file)
+    hparams = state.get("hyper_parameters") or {}
     name = str(hparams.get("model", ""))
     if not name.startswith("retinanet"):
-        return load_classifier(checkpoint), True, None
+        return classifier_from(state, checkpoint), True, None
     detector = create_model(name, num_classes=hparams.get("num_classes", 80), **(hparams.get("model_options") or {}))
-    with readable_checkpoint(checkpoint) as file:
-        state = read_checkpoint(file)["state_dict"]
-    weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    weights = {k[len("model."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("model.")}
     result = detector.load_state_dict(weights, strict=False)
     if result.missing_keys:
         raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not hold the weights of its own model {name}: "

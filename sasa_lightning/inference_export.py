@@ -48,7 +48,11 @@ def load_classifier(path: str | os.PathLike, **overrides) -> nn.Module:
     """The checkpoint's classifier in eval mode, with its inference (EMA) weights; `overrides`
     go to create_model (such as backend="reference")."""
     with readable_checkpoint(path) as file:
-        checkpoint = read_checkpoint(file)
+        return classifier_from(read_checkpoint(file), path, **overrides)
+
+
+def classifier_from(checkpoint: dict, path: str | os.PathLike, **overrides) -> nn.Module:
+    """load_classifier for a checkpoint already read from `path`."""
     hparams = checkpoint.get("hyper_parameters") or {}
     name = hparams.get("model")
     if not isinstance(name, str):
