@@ -22,9 +22,6 @@ from .atomic import atomic_write, make_parent
 from .errors import ConfigError
 from .nn import AttentionStem, LocalSelfAttention2d
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
 @dataclass
 class Window:
     """One panel: a head's weights over the window around `pixel` (image coordinates)."""
@@ -174,10 +171,16 @@ def draw(image: Tensor, mean, std, windows: list[Window], mixtures: Tensor | Non
 
 def attention_maps(checkpoint: str | os.PathLike, image_path: str | os.PathLike, out: str | os.PathLike,
                    pixel: tuple[int, int] | None = None, layers: list[str] | None = None,
-                   mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[Path, list[Window]]:
+                   mean=None, std=None) -> tuple[Path, list[Window]]:
+    """Draw the maps to `out`; (out, the windows drawn). mean/std: a classifier's input
+    normalisation (default ImageNet's, the ImageNet pipeline's); a detector's is its own."""
     network, classifier, normalisation = load_network(checkpoint)
     if normalisation is not None:
         mean, std = normalisation
+    else:
+        from .data.image_module import IMAGENET_MEAN, IMAGENET_STD
+
+        mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     image = read_image(image_path, mean, std)
     layers = layers or default_layers(network)
     if not layers:

@@ -193,10 +193,9 @@ def _tool(args: argparse.Namespace) -> int:
 
         print(f"wrote {export(args.checkpoint, args.out, args.format, args.image_size)}")
     elif args.command == "attention":
-        from .attention_maps import IMAGENET_MEAN, IMAGENET_STD, attention_maps
+        from .attention_maps import attention_maps
 
-        out, windows = attention_maps(args.ckpt, args.image, args.out, args.pixel, args.layers,
-                                      tuple(args.mean or IMAGENET_MEAN), tuple(args.std or IMAGENET_STD))
+        out, windows = attention_maps(args.ckpt, args.image, args.out, args.pixel, args.layers, args.mean, args.std)
         print(f"wrote {out} ({len(windows)} windows)")
     elif args.command == "bench":
         return run_benchmark(args.name, args.args)
