@@ -7,8 +7,9 @@
 - local_self_attention(*, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
   kernel_size, heads, key_bias, padding)
 
-fused.py is not a backend: it is the autograd shared by the backends with a fused kernel (cpu,
-compiled, triton); triton_kernels.py holds the triton backend's kernels.
+fused.py and custom_ops.py are not backends: fused.py computes around the fused kernels (cpu,
+compiled, triton), custom_ops.py makes that the torch.library ops with their autograd, which
+those backends call; triton_kernels.py holds the triton backend's kernels.
 """
 
 from . import chunked, compiled, cpu, flex, reference, triton_attention
