@@ -4,7 +4,7 @@ softmax weights, each summing to 1, placed where the pixel's window is."""
 import pytest
 import torch
 
-from sasa_lightning.attention_maps import attention_maps, load_network
+from sasa_lightning.cli.attention_maps import attention_maps, load_network
 from sasa_lightning.cli import main
 from sasa_lightning.data.digits import DIGITS_MEAN, DIGITS_STD
 from sasa_lightning.models import create_model

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sasa_lightning import checkpoint_io
-from sasa_lightning.checkpoint_io import AtomicCheckpointIO
+from sasa_lightning.cli import checkpoint_io
+from sasa_lightning.cli.checkpoint_io import AtomicCheckpointIO
 
 
 def test_an_interrupted_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):

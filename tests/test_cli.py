@@ -74,7 +74,9 @@ def test_layer_benchmark_runs_and_records(tmp_path):
     report = json.loads(out.read_text())
     assert [r["variant"] for r in report["results"]] == variants
     assert all(r["time_s"] > 0 and r["peak_mib"] >= 0 and r["gflops"] > 0 for r in report["results"])
-    assert 0 < report["results"][1]["fraction_of_matmul"] < 1 < report["matmul_gflops"]
+    # Positive, not compared with 1: both are timings, and a loaded machine can slow the matmul
+    # measurement more than the layer's (it failed once beside a concurrent test run).
+    assert report["results"][1]["fraction_of_matmul"] > 0 and report["matmul_gflops"] > 0
 
 
 @pytest.mark.slow
@@ -115,6 +117,18 @@ def test_plot_writes_a_png_of_the_curves(tmp_path, capsys):
     assert f"wrote {log / 'curves.png'}" in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert "no metrics.csv in" in capsys.readouterr().err
+
+
+def test_plot_draws_the_panels_of_the_task_whose_metrics_the_log_holds():
+    """Each task declares its curves (ReportedMetrics); the plot names no metric of its own."""
+    from sasa_lightning.cli.plot import task_curves
+    from sasa_lightning.tasks import ImageClassifier, ObjectDetector
+
+    detector_log = {"train/loss_step": [], "train/loss_epoch": [], "val/map": [], "val/map_50": []}
+    assert task_curves(detector_log) == ObjectDetector.reported.curves
+    assert [title for title, _ in task_curves(detector_log)] == ["loss", "mAP"]
+    assert task_curves({"train/loss_step": [], "train/acc1_epoch": []}) == ImageClassifier.reported.curves
+    assert task_curves({"val/acc1": []}) == ImageClassifier.reported.curves
 
 
 def test_write_ffcv_command(tmp_path, capsys):

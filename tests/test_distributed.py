@@ -25,9 +25,9 @@ QUICK = [
 
 def sasa(*args, cache, timeout=600, probe_exit=False, **env_vars):
     """Run the real command (Lightning's DDP launcher re-executes it for every extra process);
-    with probe_exit, through tests/exit_probe.py, which reports each process's gloo threads at exit."""
+    with probe_exit, through tests/helpers/exit_probe.py, which reports each process's gloo threads at exit."""
     env = dict(os.environ, SASA_CACHE=str(cache), PYTHONUNBUFFERED="1", **env_vars)
-    command = [str(ROOT / "tests" / "exit_probe.py")] if probe_exit else ["-m", "sasa_lightning.cli"]
+    command = [str(ROOT / "tests" / "helpers" / "exit_probe.py")] if probe_exit else ["-m", "sasa_lightning.cli"]
     result = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -80,7 +80,7 @@ def test_deepspeed_zero2_trains_resumes_and_its_export_evaluates_the_same(tmp_pa
              "--trainer.default_root_dir", str(run)]
     assert_process_groups_ended(sasa("fit", *QUICK, *zero2, cache=tmp_path / "cache", probe_exit=True))
     # DeepSpeed leaves each process its own batch-norm statistics; validation must use rank 0's.
-    probe = ["--trainer.callbacks+=buffer_probe.BufferProbe"]
+    probe = ["--trainer.callbacks+=helpers.buffer_probe.BufferProbe"]
     result = sasa("fit", *QUICK, *zero2, *probe, "--trainer.max_epochs", "2", "--ckpt_path", "last",
                   cache=tmp_path / "cache", PYTHONPATH=str(ROOT / "tests"))
     assert (run / "buffers_step6_rank0.txt").read_text() == (run / "buffers_step6_rank1.txt").read_text()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sasa_lightning.cli import TRAINER_COMMANDS, _tools_parser, main
+from sasa_lightning.cli.command import TRAINER_COMMANDS, _tools_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "slurm" / "README.md", *sorted((ROOT / "slurm").glob("*.sbatch"))]

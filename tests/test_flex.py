@@ -10,7 +10,6 @@ from sasa_lightning.nn.backends.errors import BackendUnavailable
 from test_operator import CASES, forward_backward, make_inputs
 
 OPTIONS = list(itertools.product(["zeros", "mask"], [(True, True), (True, False), (False, True)]))
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="flex's backward runs on CUDA only")
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -53,7 +52,7 @@ def test_compiled_flex_forward_matches_reference():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@cuda
+@pytest.mark.requires_cuda  # flex's backward runs on CUDA only
 @pytest.mark.inductor
 @pytest.mark.parametrize("case", [CASES[0], CASES[3]])  # each compiles: a common image, one smaller than the window
 @pytest.mark.parametrize("padding,keys_relative", [("zeros", (True, True)), ("mask", (True, True)), ("zeros", (False, True))])
@@ -72,7 +71,7 @@ def test_cuda_forward_and_gradients_match_reference(case, padding, keys_relative
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@cuda
+@pytest.mark.requires_cuda  # flex's backward runs on CUDA only
 @pytest.mark.inductor
 @pytest.mark.parametrize("backend", ["flex", "compiled", "chunked"])
 def test_cuda_layer_trains_under_bf16_autocast(backend):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-WORKER = Path(__file__).with_name("multinode_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "multinode_worker.py"
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ import torch
 
 from sasa_lightning.nn import functional
 from sasa_lightning.nn.backends import BACKENDS
-from naive import naive_local_attention
+from helpers.naive import naive_local_attention
 
 # flex has no backward on CPU: tests/test_flex.py checks its forward here and all of it on CUDA.
 TRAINABLE_ON_CPU = [name for name in BACKENDS if name != "flex"]

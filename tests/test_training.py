@@ -214,8 +214,8 @@ def test_bad_input_is_one_line(extra, message, tmp_path, digits_cache):
 
 
 def test_the_trainer_writes_checkpoints_atomically(tmp_path):
-    from sasa_lightning.checkpoint_io import AtomicCheckpointIO
-    from sasa_lightning.training_cli import SasaCLI
+    from sasa_lightning.cli.checkpoint_io import AtomicCheckpointIO
+    from sasa_lightning.cli.lightning_cli import SasaCLI
 
     cli = SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -241,7 +241,7 @@ def kinds(trainer):
 
 
 def test_default_callback_sections_configure_the_run(tmp_path):
-    from sasa_lightning.training_cli import SasaCLI
+    from sasa_lightning.cli.lightning_cli import SasaCLI
 
     run = ["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)]
     trainer = SasaCLI(run).trainer
@@ -258,7 +258,7 @@ def test_default_callback_sections_configure_the_run(tmp_path):
 
 
 def test_checkpointing_and_logging_can_be_switched_off(tmp_path):
-    from sasa_lightning.training_cli import SasaCLI
+    from sasa_lightning.cli.lightning_cli import SasaCLI
 
     trainer = SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
                        "--trainer.enable_checkpointing", "false", "--trainer.logger", "false"]).trainer

@@ -3,6 +3,9 @@
 from .classification import ImageClassifier
 from .detection import ObjectDetector
 from .ema import EMA
+from .reported_metrics import ReportedMetrics
 from .weights import CheckpointError
 
-__all__ = ["CheckpointError", "EMA", "ImageClassifier", "ObjectDetector"]
+__all__ = ["CheckpointError", "EMA", "ImageClassifier", "ObjectDetector", "ReportedMetrics", "TASKS"]
+
+TASKS = (ImageClassifier, ObjectDetector)

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
 from .ema import EMA
+from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
 from .optim import ScaledLearningRate, sgd_warmup_cosine
 from .weights import load_for_finetuning
@@ -34,6 +35,14 @@ class ImageClassifier(ScaledLearningRate, L.LightningModule):
     """
 
     lr_option, reference_batch = "lr_per_256", 256
+    reported = ReportedMetrics(
+        best="val/acc1",
+        training=("train/loss_step", "train/acc1_step"),
+        validation=("val/loss", "val/acc1", "val/acc5"),
+        final=(("val/acc1", "validation accuracy"),),
+        curves=(("loss", ("train/loss_step", "train/loss_epoch", "val/loss")),
+                ("accuracy", ("train/acc1_epoch", "val/acc1", "val/acc5"))),
+    )
 
     def __init__(
         self,

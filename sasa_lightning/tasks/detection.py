@@ -12,6 +12,7 @@ from torchvision.models.detection import RetinaNet
 from ..models import create_model
 from ..errors import ConfigError
 from .optim import OPTIMIZERS, ScaledLearningRate, sgd_warmup_cosine
+from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
 from .weights import load_backbone
 
@@ -62,7 +63,13 @@ class ObjectDetector(ScaledLearningRate, L.LightningModule):
     """
 
     lr_option, reference_batch = "lr_per_64", 64
-    checkpoint_metric = "val/map"  # what the "best" checkpoint follows (higher is better)
+    reported = ReportedMetrics(
+        best="val/map",
+        training=("train/loss_step",),
+        validation=("val/map", "val/map_50"),
+        final=(("val/map", "validation mAP"), ("val/map_50", "mAP@0.5")),
+        curves=(("loss", ("train/loss_step", "train/loss_epoch")), ("mAP", ("val/map", "val/map_50"))),
+    )
     # Set from the data module when training starts, so a checkpoint may differ from the config.
     hparams_from_data = ("category_ids", "category_names")
 

@@ -11,7 +11,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 
 # Free space under which a failed checkpoint write is taken for a full disk.

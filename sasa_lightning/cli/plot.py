@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .atomic import atomic_write
-from .data.errors import DataError
+from ..atomic import atomic_write
+from ..data.errors import DataError
 from .run_history import history_rows
 
 
@@ -27,6 +27,15 @@ def read_metrics(log_dir: str | os.PathLike) -> dict[str, list[tuple[float, floa
     return series
 
 
+def task_curves(series: dict) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The plot panels (ReportedMetrics.curves) of the task whose metrics the log holds: the one
+    whose best-checkpoint metric is there, else the one with most of its plotted metrics."""
+    from ..tasks import TASKS
+
+    task = max(TASKS, key=lambda task: (task.reported.best in series, len(task.reported.plotted() & set(series))))
+    return task.reported.curves
+
+
 def plot_run(log_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     import matplotlib
 
@@ -35,11 +44,9 @@ def plot_run(log_dir: str | os.PathLike, out: str | os.PathLike | None = None) -
 
     series = read_metrics(log_dir)
     out = Path(out) if out else Path(log_dir) / "curves.png"
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
-    for axis, names, title in (
-        (loss_axis, ("train/loss_step", "train/loss_epoch", "val/loss"), "loss"),
-        (accuracy_axis, ("train/acc1_epoch", "val/acc1", "val/acc5", "val/map", "val/map_50"), "accuracy / mAP"),
-    ):
+    curves = task_curves(series)
+    figure, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for axis, (title, names) in zip(axes[0], curves):
         for name in names:
             if name in series:
                 steps, values = zip(*series[name])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .tasks.weights import CheckpointError, read_checkpoint
+from ..tasks.weights import CheckpointError, read_checkpoint
 
 # Keys Lightning's CLI adds to hyper-parameters, not options of the task.
 CLI_KEYS = ("_class_path", "_instantiator")
@@ -18,7 +18,7 @@ def checkpoint_hparams(path: str) -> dict[str, Any]:
     """The hyper-parameters saved in a Lightning checkpoint file or a DeepSpeed checkpoint directory."""
     checkpoint = Path(path)
     if checkpoint.is_dir():
-        from .distributed.safe_load import check_deepspeed_checkpoint
+        from ..distributed.safe_load import check_deepspeed_checkpoint
 
         state = check_deepspeed_checkpoint(checkpoint)
     else:

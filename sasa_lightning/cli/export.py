@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_write, make_parent
-from .errors import ConfigError
-from .models import create_model
-from .tasks.weights import CheckpointError, inference_weights, read_checkpoint
+from ..atomic import atomic_write, make_parent
+from ..errors import ConfigError
+from ..models import create_model
+from ..tasks.weights import CheckpointError, inference_weights, read_checkpoint
 
 OPSET = 18
 
@@ -38,7 +38,7 @@ def readable_checkpoint(path: str | os.PathLike):
     if not path.is_dir():
         yield path
         return
-    from .distributed.export import export_deepspeed_checkpoint
+    from ..distributed.export import export_deepspeed_checkpoint
 
     with tempfile.TemporaryDirectory() as scratch:
         yield export_deepspeed_checkpoint(path, Path(scratch) / "consolidated.ckpt")
@@ -113,7 +113,7 @@ def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, image_siz
 def export(checkpoint: str | os.PathLike, out: str | os.PathLike, format: str = "checkpoint",
            image_size: int = 224) -> Path:
     if format == "checkpoint":
-        from .distributed.export import export_deepspeed_checkpoint
+        from ..distributed.export import export_deepspeed_checkpoint
 
         return export_deepspeed_checkpoint(checkpoint, out)
     if format == "state_dict":

@@ -19,14 +19,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .argument_errors import TRAINER_COMMANDS
-from .errors import ConfigError, UserError
+from ..errors import ConfigError, UserError
 
 EXPORT_FORMATS = ("checkpoint", "state_dict", "exported", "onnx")  # sasa export --format, inference_export.py
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
-    from .models import complexity, create_model
-    from .models.paper import PAPER_TABLES
+    from ..models import complexity, create_model
+    from ..models.paper import PAPER_TABLES
 
     results = []
     for table in tables:
@@ -60,7 +60,7 @@ def _print_row(result: dict, first: bool) -> None:
 def run_benchmark(name: str, args: list[str]) -> int:
     """Run benchmarks/<name>.py of the source checkout (benchmarks are not part of the wheel);
     a dash in the name is an underscore in the file's."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name.replace('-', '_')}.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name.replace('-', '_')}.py"
     if not script.is_file():
         print(f"sasa bench: {script} not found; benchmarks run from a source checkout of sasa-lightning", file=sys.stderr)
         return 2
@@ -75,7 +75,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def _tools_parser() -> argparse.ArgumentParser:
-    from .models.paper import PAPER_TABLES
+    from ..models.paper import PAPER_TABLES
 
     parser = _OneLineParser(
         prog="sasa",
@@ -167,20 +167,20 @@ def _run_tool(argv: list[str]) -> int:
 
 def _tool(args: argparse.Namespace) -> int:
     if args.command == "summary":
-        from .models.paper import PAPER_TABLES
+        from ..models.paper import PAPER_TABLES
 
         summary(args.table or sorted(PAPER_TABLES), args.format)
     elif args.command == "data" and args.data_command == "write-ffcv":
-        from .data import write_ffcv
+        from ..data import write_ffcv
 
         out = write_ffcv(args.src, args.out, args.max_resolution, args.jpeg_quality, args.num_workers)
         print(f"wrote {out}")
     elif args.command == "data" and args.data_command == "make-shapes":
-        from .data import make_shapes
+        from ..data import make_shapes
 
         print(f"wrote {make_shapes(args.out, args.train, args.val, args.image_size, args.seed)}")
     elif args.command == "data":
-        from .data import prepare_digits
+        from ..data import prepare_digits
 
         for name, path in prepare_digits(args.cache_dir).items():
             print(f"{name}: {path}")
@@ -189,7 +189,7 @@ def _tool(args: argparse.Namespace) -> int:
 
         print(f"wrote {plot_run(args.log_dir, args.out)}")
     elif args.command == "export":
-        from .inference_export import export
+        from .export import export
 
         print(f"wrote {export(args.checkpoint, args.out, args.format, args.image_size)}")
     elif args.command == "attention":
@@ -203,9 +203,9 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _run_trainer(argv: list[str]) -> int:
-    from .distributed.preemption import Preempted
-    from .distributed.process_group import end_process_groups
-    from .training_cli import SasaCLI
+    from ..distributed.preemption import Preempted
+    from ..distributed.process_group import end_process_groups
+    from .lightning_cli import SasaCLI
 
     try:
         # In a context of its own: jsonargparse sets a context variable to its parser and never
@@ -285,7 +285,3 @@ def _union_reason(message: str) -> str:
     errors = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
     meant = [error for error in errors if not error.startswith("Expected a ")] or errors
     return "; ".join(meant) if meant else " ".join(message.split())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python tests/exit_probe.py fit ...` runs `sasa fit ...` and, when the interpreter is about to
+"""`python tests/helpers/exit_probe.py fit ...` runs `sasa fit ...` and, when the interpreter is about to
 finalise, prints how many of gloo's threads (a process group's) are still alive as
 "process-group threads at exit: N". Lightning's DDP launcher re-executes this script for every
 extra process, so each rank prints its own line.

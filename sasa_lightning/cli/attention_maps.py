@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_write, make_parent
-from .errors import ConfigError
-from .nn import AttentionStem, LocalSelfAttention2d
+from ..atomic import atomic_write, make_parent
+from ..errors import ConfigError
+from ..nn import AttentionStem, LocalSelfAttention2d
 
 @dataclass
 class Window:
@@ -38,9 +38,9 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[nn.Module, bool, tuple 
     """(the network the maps are drawn from, whether it is a classifier, the (mean, std) the
     checkpoint knows): a classifier's ResNet, or a detector's backbone body, with the inference
     (EMA) weights."""
-    from .inference_export import classifier_from, readable_checkpoint
-    from .models import create_model
-    from .tasks.weights import CheckpointError, read_checkpoint
+    from .export import classifier_from, readable_checkpoint
+    from ..models import create_model
+    from ..tasks.weights import CheckpointError, read_checkpoint
 
     with readable_checkpoint(checkpoint) as file:
         state = read_checkpoint(file)
@@ -178,7 +178,7 @@ def attention_maps(checkpoint: str | os.PathLike, image_path: str | os.PathLike,
     if normalisation is not None:
         mean, std = normalisation
     else:
-        from .data.image_module import IMAGENET_MEAN, IMAGENET_STD
+        from ..data.image_module import IMAGENET_MEAN, IMAGENET_STD
 
         mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     image = read_image(image_path, mean, std)

@@ -1,7 +1,7 @@
 """LightningCLI for `sasa fit|validate|test|predict`, with the project's defaults.
 
-Every run writes under trainer.default_root_dir: checkpoints/ (last.ckpt and the best by
-val/acc1, at a fixed path so `--ckpt_path last` finds them on resume) and logs/version_N/
+Every run writes under trainer.default_root_dir: checkpoints/ (last.ckpt and the best by the
+task's reported.best metric, at a fixed path so `--ckpt_path last` finds them on resume) and logs/version_N/
 (CSV always, TensorBoard when installed, the resolved config).
 """
 
@@ -25,13 +25,15 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from .argument_errors import TRAINER_COMMANDS, explain_argument_error
-from .callbacks import LineProgress, PredictionWriter, Throughput
-from .checkpoint_io import AtomicCheckpointIO
+from ..distributed.preemption import Preemption
+from ..errors import ConfigError
+from ..tasks.weights import CheckpointError
 from .checkpoint_check import RUN_OPTIONS, checkpoint_hparams, refuse_contradictions
-from .distributed.preemption import Preemption
-from .errors import ConfigError
+from .checkpoint_io import AtomicCheckpointIO
+from .prediction_writer import PredictionWriter
+from .progress import LineProgress
 from .run_history import mark_continuation, run_history
-from .tasks.weights import CheckpointError
+from .throughput import Throughput
 
 
 # Model options set from the data module when the classes are built (add_arguments_to_parser).
@@ -40,12 +42,11 @@ LINKED_FROM_DATA = ("num_classes",)
 ARCHITECTURE_OPTIONS = ("model", "model_options")
 # --ckpt_path values Lightning resolves itself to this run's own checkpoints.
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
-DEFAULT_METRIC = "val/acc1"  # the best checkpoint's, unless the task names its own checkpoint_metric
 
 
 # The callbacks every run has, each a config section of its own (`--last_checkpoint.every_n_train_steps
 # 500`, shown by --print_config), with the project's defaults. `best_checkpoint` keeps the best by
-# the task's checkpoint_metric while its monitor is left null; `last_checkpoint` rewrites last.ckpt
+# the task's reported.best metric while its monitor is left null; `last_checkpoint` rewrites last.ckpt
 # after every epoch (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau
 # it would leave last.ckpt behind); `preemption` turns SIGUSR1 into last-preempted.ckpt (and a
 # SLURM requeue); `predictions` writes what `sasa predict` predicts (`--predictions.draw true`).
@@ -182,8 +183,9 @@ class SasaCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # DeepSpeed writes its own directories
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         best = self._get(self.config_init, "best_checkpoint")
-        if best in trainer.checkpoint_callbacks and best.monitor is None:
-            follow_metric(best, getattr(self.model, "checkpoint_metric", DEFAULT_METRIC))
+        reported = getattr(self.model, "reported", None)  # a task's ReportedMetrics
+        if best in trainer.checkpoint_callbacks and best.monitor is None and reported is not None:
+            follow_metric(best, reported.best)
         for callback in trainer.checkpoint_callbacks:
             if callback.dirpath is None:
                 callback.dirpath = os.path.join(self.run_root, "checkpoints")
@@ -210,7 +212,8 @@ class SasaCLI(LightningCLI):
         checkpoint = trainer.checkpoint_callback
         configs = " ".join(f"--config {c}" for c in (self.config.get("fit", {}).get("config") or []))
         lines = [f"training time {seconds:.0f} s ({trainer.current_epoch} epochs, {trainer.global_step} steps)"]
-        for metric, what in (("val/acc1", "validation accuracy"), ("val/map", "validation mAP"), ("val/map_50", "mAP@0.5")):
+        reported = getattr(self.model, "reported", None)
+        for metric, what in reported.final if reported is not None else ():
             if metric not in metrics:
                 continue
             best = checkpoint.best_model_score if checkpoint and checkpoint.monitor == metric else None
