@@ -1,12 +1,14 @@
-"""Files that are either complete or absent: written beside their target, then renamed."""
+"""Files and folders that are either complete or absent: written beside their target, then renamed."""
 
 from __future__ import annotations
 
 import errno
 import glob
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def atomic_write(out: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -28,6 +30,27 @@ def atomic_write(out: str | os.PathLike, write: Callable[[Path], object]) -> Pat
     return out
 
 
+@contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """`with atomic_dir(out) as partial:` fill the empty folder `partial` beside out; when the block
+    ends without an error it replaces out (a folder already there goes), and otherwise it is
+    removed. As with atomic_write, the name carries the process id, and what a killed writer left
+    is removed by the next write of the same folder.
+    """
+    out = Path(out)
+    make_parent(out)
+    remove_stale_partials(out)
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        yield partial
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def make_parent(out: str | os.PathLike) -> None:
     """Create the folder `out` goes in; one line naming the culprit when part of that path is a file."""
     parent = Path(out).parent
@@ -40,11 +63,14 @@ def make_parent(out: str | os.PathLike) -> None:
 
 
 def remove_stale_partials(out: Path) -> None:
-    """Delete the temporary files of `out` whose writing process no longer exists."""
+    """Delete the temporary files or folders of `out` whose writing process no longer exists."""
     for stale in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
         pid = stale.name[len(f".{out.name}.partial-") :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

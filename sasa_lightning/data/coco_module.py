@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import ConfigError
 from .coco import CocoDetection, ImageFiles, image_files, load_coco
-from .epoch_loader import EpochLoader, batches_done, replicas
+from .data_module import DataModule
+from .epoch_loader import EpochLoader
 from .errors import DataError
 
 
@@ -79,7 +77,7 @@ class AspectGroupedBatches:
         return self.length
 
 
-class COCODetectionData(L.LightningDataModule):
+class COCODetectionData(DataModule):
     """`root/annotations/instances_<split>.json` and `root/<split>/` images (COCO 2017 layout).
 
     Batch size is per device. Training: ScaleJitter by scale_range around max_size, a random crop
@@ -102,11 +100,8 @@ class COCODetectionData(L.LightningDataModule):
         seed: int = 0,
         predict_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        super().__init__(batch_size, num_workers, seed)
         self.root, self.train_split, self.val_split = Path(root), train_split, val_split
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.max_size, self.scale_range, self.flip = max_size, tuple(scale_range), flip
         self.predict_dir = predict_dir
         self.val_index = self._load(val_split)
@@ -125,38 +120,30 @@ class COCODetectionData(L.LightningDataModule):
             train_index = self._load(self.train_split)
             if train_index.category_ids != self.category_ids:
                 raise DataError(f"the {self.train_split} and {self.val_split} annotation files list different categories")
-            if len(train_index.images) < self.batch_size:
-                raise DataError(f"{self.train_split} has {len(train_index.images)} images, fewer than one batch of "
-                                f"{self.batch_size}; lower --data.init_args.batch_size")
+            self.check_one_batch(len(train_index.images), self.train_split, what="images")
             self.train_set = CocoDetection(train_index, train_transform(self.max_size, self.scale_range, self.flip), train=True)
 
-    def _workers(self) -> int:
-        return self.num_workers if self.num_workers is not None else min(4, os.cpu_count() or 1)
-
     def train_dataloader(self) -> EpochLoader:
-        world_size, rank = replicas(self.trainer)
+        world_size, rank = self.replicas()
         sampler = DistributedSampler(self.train_set, world_size, rank, shuffle=True, seed=self.seed, drop_last=True)
         landscape = [image.width >= image.height for image in self.train_set.index.images]
         grouped = AspectGroupedBatches(sampler, landscape, self.batch_size)
-        workers = self._workers()
+        workers = self.workers()
 
         def batches(epoch: int, start: int) -> DataLoader:
             return DataLoader(self.train_set, batch_sampler=grouped.batches(epoch)[start:], num_workers=workers,
                               collate_fn=collate)
 
-        return EpochLoader(batches, len(grouped), self.batch_size, start=lambda: batches_done(self.trainer))
+        return EpochLoader(batches, len(grouped), self.batch_size, start=self.batches_done)
 
     def _each_image_once(self, dataset) -> DataLoader:
-        world_size, rank = replicas(self.trainer)
+        world_size, rank = self.replicas()
         sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self._workers(),
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.workers(),
                           collate_fn=collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._each_image_once(self.val_set)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
         return self._each_image_once(self.predict_set)

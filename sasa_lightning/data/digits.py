@@ -8,12 +8,11 @@ an ImageFolder and to .beton files under a cache directory, and then read exactl
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import make_parent
+from ..atomic import atomic_dir
 from .ffcv_imagenet import FFCVImageNet
 from .ffcv_writer import write_ffcv
 
@@ -27,7 +26,7 @@ def default_cache_dir() -> Path:
 
 
 def write_digits_image_folder(root: Path, image_size: int = 32, seed: int = 0) -> None:
-    """root/{train,val}/<digit>/<index>.png, written under a temporary name and renamed."""
+    """root/{train,val}/<digit>/<index>.png, written whole or not at all (atomic_dir)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -37,16 +36,12 @@ def write_digits_image_folder(root: Path, image_size: int = 32, seed: int = 0) -
     for label in range(10):
         members = np.flatnonzero(digits.target == label)
         val[rng.choice(members, size=round(VAL_FRACTION * len(members)), replace=False)] = True
-    make_parent(root)
-    partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
-        folder = partial / ("val" if val[index] else "train") / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        grey = Image.fromarray(np.uint8(image * (255 / 16))).resize((image_size, image_size), Image.BILINEAR)
-        grey.convert("RGB").save(folder / f"{index:04d}.png")
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
+    with atomic_dir(root) as partial:
+        for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+            folder = partial / ("val" if val[index] else "train") / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            grey = Image.fromarray(np.uint8(image * (255 / 16))).resize((image_size, image_size), Image.BILINEAR)
+            grey.convert("RGB").save(folder / f"{index:04d}.png")
 
 
 def prepare_digits(cache_dir: str | os.PathLike | None = None, image_size: int = 32) -> dict[str, Path]:

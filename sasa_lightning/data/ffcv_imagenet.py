@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import numpy as np
@@ -62,6 +61,8 @@ class FFCVImageNet(ImageDataModule):
     ramp_end_epoch, in steps of resolution_step pixels.
     """
 
+    default_worker_cap = None  # FFCV's workers are threads of this process: every usable core
+
     def __init__(
         self,
         train_path: str,
@@ -92,9 +93,6 @@ class FFCVImageNet(ImageDataModule):
             self.check_one_batch(check_beton(self.train_path), repr(self.train_path))
         self.val_samples = check_beton(self.val_path)
 
-    def _workers(self) -> int:
-        return self.num_workers if self.num_workers is not None else os.cpu_count() or 1
-
     def _image_tail(self):
         from ffcv.transforms import NormalizeImage, ToTensor, ToTorchImage
 
@@ -123,7 +121,7 @@ class FFCVImageNet(ImageDataModule):
         loader = ffcv_loader(
             self.train_path,
             batch_size=self.batch_size,
-            num_workers=self._workers(),
+            num_workers=self.workers(),
             order=OrderOption.RANDOM,
             drop_last=True,
             seed=self.seed,
@@ -146,7 +144,7 @@ class FFCVImageNet(ImageDataModule):
         loader = ffcv_loader(
             self.val_path,
             batch_size=self.batch_size,
-            num_workers=self._workers(),
+            num_workers=self.workers(),
             order=OrderOption.SEQUENTIAL,
             drop_last=False,
             indices=np.arange(rank, self.val_samples, world_size),
@@ -154,8 +152,3 @@ class FFCVImageNet(ImageDataModule):
         )
         return EpochLoader(partial(ffcv_epoch, loader), len(loader), self.batch_size)
 
-    def test_dataloader(self):
-        return self.val_dataloader()
-
-    def predict_dataloader(self):
-        return self.val_dataloader()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -113,14 +111,8 @@ class ImageFolderData(ImageDataModule):
         sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=world_size, rank=rank, shuffle=False)
         return self._loader(self.val_set, sampler=sampler)
 
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
     def _loader(self, dataset, **options) -> DataLoader:
-        workers = self.num_workers if self.num_workers is not None else min(4, os.cpu_count() or 1)
+        workers = self.workers()
         return DataLoader(
             dataset, batch_size=self.batch_size, num_workers=workers, persistent_workers=workers > 0, **options
         )

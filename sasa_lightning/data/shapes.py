@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import make_parent
+from ..atomic import atomic_dir
 from ..errors import ConfigError
 
 CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "triangle"})
@@ -79,16 +78,11 @@ def make_shapes(root: str | os.PathLike, train_images: int = 2000, val_images: i
         raise ConfigError(f"make-shapes needs at least one image per split, got {train_images} train and {val_images} val")
     if image_size < 64:
         raise ConfigError(f"image_size must be at least 64 pixels (shapes are up to 60), got {image_size}")
-    root = Path(root)
-    make_parent(root)
-    partial = root.with_name(f".{root.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
     rng = np.random.default_rng(seed)
-    (partial / "annotations").mkdir(parents=True)
-    first_id = 1
-    for split, images in zip(SPLITS, (train_images, val_images)):
-        _write_split(partial / split, partial / "annotations" / f"instances_{split}.json", images, image_size, rng, first_id)
-        first_id += images
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(partial, root)
-    return root
+    with atomic_dir(root) as partial:
+        (partial / "annotations").mkdir()
+        first_id = 1
+        for split, images in zip(SPLITS, (train_images, val_images)):
+            _write_split(partial / split, partial / "annotations" / f"instances_{split}.json", images, image_size, rng, first_id)
+            first_id += images
+    return Path(root)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from .safe_load import check_deepspeed_checkpoint
 
 # What evaluating or fine-tuning needs; the optimizer and loop states stay with DeepSpeed's directory.
@@ -34,7 +35,4 @@ def export_deepspeed_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os
         # ZeRO-1 it drops frozen ones (the EMA), which rank 0's module state holds whole.
         weights = {**(model_states.get("module") or {}), **consolidated["state_dict"]}
         checkpoint["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-        partial = Path(scratch) / "export.ckpt"
-        torch.save(checkpoint, partial)
-        os.replace(partial, out)
-    return out
+        return atomic_write(out, lambda partial: torch.save(checkpoint, partial))
