@@ -83,13 +83,13 @@ def test_bad_choices_are_one_line(trained_digits, tmp_path, capsys, extra, says)
 
 def test_a_detectors_backbone_is_drawn_with_its_own_normalisation(tmp_path):
     torch.manual_seed(0)
-    options = {"depth": 26, "base_width": 16, "channels": 32, "kernel_size": 3, "anchor_size": 8, "min_size": 64,
+    options = {"base_width": 16, "channels": 32, "kernel_size": 3, "anchor_size": 8, "min_size": 64,
                "max_size": 64}
-    detector = create_model("retinanet_sasa_resnet50", num_classes=3, **options)
+    detector = create_model("retinanet_sasa_resnet26", num_classes=3, **options)
     checkpoint = tmp_path / "detector.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in detector.state_dict().items()},
                 "hyper_parameters": {"_class_path": "sasa_lightning.tasks.ObjectDetector",
-                                     "model": "retinanet_sasa_resnet50", "num_classes": 3, "model_options": options}},
+                                     "model": "retinanet_sasa_resnet26", "num_classes": 3, "model_options": options}},
                checkpoint)
     from PIL import Image
 

@@ -23,7 +23,7 @@ DEMO = str(ROOT / "configs/demo/shapes_retinanet.yaml")
 # so little training, so every score is kept (RetinaNet's default drops those under 0.05).
 QUICK = [
     "--config", DEMO,
-    "--model.init_args.model_options", '{"depth": 26, "base_width": 16, "channels": 32, "kernel_size": 3, '
+    "--model.init_args.model_options", '{"base_width": 16, "channels": 32, "kernel_size": 3, '
     '"anchor_size": 8, "fpn": "attention", "heads": "attention", "min_size": 64, "max_size": 64, '
     '"score_threshold": 0.0}',
     "--data.init_args.batch_size", "4",
@@ -157,7 +157,7 @@ def classifier_checkpoint(path, model="sasa_resnet26", **options):
 
 def test_backbone_init_loads_a_classifiers_body_and_reports_its_head(tmp_path):
     classifier = classifier_checkpoint(tmp_path / "classifier.ckpt", base_width=16, kernel_size=3)
-    detector = create_model("retinanet_sasa_resnet50", num_classes=3, depth=26, base_width=16, kernel_size=3, channels=32)
+    detector = create_model("retinanet_sasa_resnet26", num_classes=3, base_width=16, kernel_size=3, channels=32)
     report = load_backbone(detector.backbone.body, tmp_path / "classifier.ckpt")
     assert report.unexpected == ["fc.bias", "fc.weight"] and not report.missing
     body = detector.backbone.body.state_dict()
@@ -208,12 +208,12 @@ def test_ddp_validation_counts_every_image_once(trained, shapes, tmp_path):
 def test_the_detector_runs_its_backbone_channels_last_with_the_same_losses():
     from sasa_lightning.tasks import ObjectDetector
 
-    options = {"depth": 26, "base_width": 16, "channels": 32, "kernel_size": 3, "anchor_size": 8, "min_size": 64,
+    options = {"base_width": 16, "channels": 32, "kernel_size": 3, "anchor_size": 8, "min_size": 64,
                "max_size": 64}
     detectors = []
     for channels_last in (True, False):
         torch.manual_seed(0)
-        detectors.append(ObjectDetector("retinanet_sasa_resnet50", num_classes=3, model_options=options,
+        detectors.append(ObjectDetector("retinanet_sasa_resnet26", num_classes=3, model_options=options,
                                         channels_last=channels_last))
     backbone = detectors[0].model.backbone
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in backbone.parameters() if p.dim() == 4)

@@ -65,3 +65,25 @@ def test_attention_resnet_takes_odd_feature_map_sizes():
     with torch.no_grad():
         features = model.forward_stages(torch.rand(1, 3, 72, 72))
     assert [f.shape[-1] for f in features] == [18, 9, 5, 3]
+
+
+def test_every_model_name_is_a_documented_function_of_that_name_in_the_registry():
+    """A grep for a model's name finds its definition: `def <name>(**overrides)` with a docstring."""
+    import inspect
+
+    from sasa_lightning.models import registry
+
+    source = inspect.getsource(registry)
+    for name in list_models():
+        builder = getattr(registry, name)
+        assert f"\ndef {name}(**overrides: Any)" in source and inspect.getdoc(builder), name
+
+
+def test_a_detectors_depth_is_in_its_name():
+    from sasa_lightning.errors import ConfigError
+
+    small = dict(num_classes=3, base_width=16, channels=32, kernel_size=3)
+    assert [len(stage) for stage in create_model("retinanet_sasa_resnet26", **small).backbone.body.stages] == [1, 2, 4, 1]
+    assert [len(stage) for stage in create_model("retinanet_sasa_resnet50", **small).backbone.body.stages] == [3, 4, 6, 3]
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['depth'\]"):
+        create_model("retinanet_sasa_resnet50", depth=26)

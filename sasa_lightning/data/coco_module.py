@@ -25,7 +25,8 @@ def train_transform(max_size: int, scale_range: Sequence[float], flip: float):
     """Paper A.3: multiscale jitter, a random crop to a side of at most max_size, horizontal flip."""
     from torchvision.transforms import v2
     from torchvision.transforms.v2 import functional as F
-    from torchvision.transforms.v2._utils import query_size
+
+    from ..compat import query_size
 
     class RandomCropToMaxSide(v2.Transform):
         def make_params(self, flat_inputs):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+from .. import compat
+
 
 class EpochLoader:
     """Batches of epoch `e` from batch `b` on, where Lightning decides e and b.
@@ -67,4 +69,4 @@ def batches_done(trainer) -> int:
     saved mid-epoch (SLURM preemption), whose loop progress Lightning restores before it fetches
     the first batch. The training loaders ask when they start an epoch.
     """
-    return trainer.fit_loop.epoch_loop.batch_progress.current.ready if trainer is not None else 0
+    return compat.batches_done(trainer) if trainer is not None else 0

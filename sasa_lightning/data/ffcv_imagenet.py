@@ -6,6 +6,7 @@ from functools import partial
 
 import numpy as np
 
+from ..compat import start_ffcv_epoch
 from .epoch_loader import EpochLoader
 from .errors import DataError, require_path
 from .image_module import ImageDataModule
@@ -45,12 +46,7 @@ def ffcv_epoch(loader, epoch: int, start: int, decoder=None, resolution_at=None)
         size = resolution_at(epoch)
         decoder.output_size = (size, size)
     Compiler.set_num_threads(loader.num_workers)
-    loader.next_epoch = epoch
-    order = loader.next_traversal_order()[start * loader.batch_size : len(loader) * loader.batch_size]
-    loader.next_epoch += 1
-    if loader.code is None or loader.recompile:
-        loader.generate_code()
-    return JoinedEpochIterator(loader, order)
+    return JoinedEpochIterator(loader, start_ffcv_epoch(loader, epoch, start))
 
 
 class FFCVImageNet(ImageDataModule):

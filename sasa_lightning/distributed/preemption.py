@@ -21,6 +21,8 @@ import sys
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from ..compat import cluster_environment, is_last_batch
+
 CHECKPOINT_NAME = "last-preempted.ckpt"
 
 
@@ -67,7 +69,7 @@ class Preemption(L.Callback):
         # existing SIGUSR1 handler alone. Lightning's SLURM auto-requeue is switched off too, or
         # its SIGTERM handler would swallow the scheduler's termination after our requeue.
         self._previous = signal.signal(self.signum, self._on_signal)
-        environment = trainer._accelerator_connector.cluster_environment
+        environment = cluster_environment(trainer)
         if isinstance(environment, SLURMEnvironment):
             environment.auto_requeue = False
 
@@ -82,7 +84,7 @@ class Preemption(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # The last batch of an epoch is left to on_train_epoch_end, after that epoch's validation,
         # so the resumed run does not skip it.
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if not is_last_batch(trainer):
             self._stop_if_signalled(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -1,92 +1,117 @@
-"""Models by name: `create_model("sasa_resnet50", kernel_size=9)`, `list_models()`."""
+"""Models by name: `create_model("sasa_resnet50", kernel_size=9)`, `list_models()`.
+
+Each name is a function below, registered by its own name, whose options are the fields of a
+config dataclass (ResNetConfig, RetinaNetConfig) less those the name fixes.
+"""
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any, Callable
 
 from torch import nn
+from torchvision.models.detection import RetinaNet
 
 from ..errors import ConfigError
-from .resnet import ResNet
-from .retinanet import retinanet
+from .resnet import ALL_STAGES, RESNET_BLOCKS, ResNet, ResNetConfig
+from .retinanet import RetinaNetConfig, retinanet_resnet
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-
-# Bottleneck blocks per stage (paper section 4.1).
-RESNET_BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
-ALL_STAGES = (1, 2, 3, 4)
+_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    if name in _MODELS:
-        raise ValueError(f"model {name!r} is already registered")
-    _MODELS[name] = builder
+def register_model(config: type, fixed: tuple[str, ...] = ()) -> Callable:
+    """Decorator: register a builder under its function name; create_model accepts the fields of
+    the dataclass `config` except those the name `fixed`."""
+
+    def register(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = builder.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = builder
+        _OPTIONS[name] = tuple(field.name for field in dataclasses.fields(config) if field.name not in fixed)
+        return builder
+
+    return register
 
 
 def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def _options(builder: Callable[..., nn.Module]) -> list[str]:
-    return [p for p in inspect.signature(builder).parameters if p != "blocks"]
-
-
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model, with any of its options overridden by keyword."""
     if name not in _MODELS:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    builder = _MODELS[name]
-    unknown = sorted(set(overrides) - set(_options(builder)))
+    unknown = sorted(set(overrides) - set(_OPTIONS[name]))
     if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; valid options: {_options(builder)}")
-    return builder(**overrides)
+        raise ConfigError(f"unknown option(s) {unknown} for model {name!r}; valid options: {list(_OPTIONS[name])}")
+    return _MODELS[name](**overrides)
 
 
-def _resnet(depth: int, attention: bool) -> Callable[..., nn.Module]:
-    def build(**options: Any) -> nn.Module:
-        options.setdefault("attention_stages", ALL_STAGES if attention else ())
-        return ResNet(RESNET_BLOCKS[depth], **options)
-
-    build.__signature__ = inspect.signature(ResNet)  # so create_model can name the valid options
-    return build
+def _conv(depth: int, overrides: dict) -> ResNet:
+    return ResNet(ResNetConfig(RESNET_BLOCKS[depth], **overrides))
 
 
-for _depth in RESNET_BLOCKS:
-    register_model(f"resnet{_depth}", _resnet(_depth, attention=False))
-    register_model(f"sasa_resnet{_depth}", _resnet(_depth, attention=True))
+def _sasa(depth: int, overrides: dict) -> ResNet:
+    return ResNet(ResNetConfig(RESNET_BLOCKS[depth], **{"attention_stages": ALL_STAGES, **overrides}))
 
 
-def _retinanet(attention: bool) -> Callable[..., nn.Module]:
-    """The paper's detectors (ResNet-50, 256-channel FPN and heads, k = 7) by default; depth,
-    base_width, channels, kernel_size, anchor_size and head_norm make the small ones of the demo.
-    score_threshold: detections scoring less are dropped before non-maximum suppression."""
-
-    def build(
-        num_classes: int = 80,
-        stem: str = "conv",
-        fpn: str = "conv",
-        heads: str = "conv",
-        min_size: int = 640,
-        max_size: int = 640,
-        backend: str = "auto",
-        depth: int = 50,
-        base_width: int = 64,
-        channels: int = 256,
-        kernel_size: int = 7,
-        anchor_size: int = 32,
-        head_norm: bool = False,
-        score_threshold: float = 0.05,
-    ) -> nn.Module:
-        if depth not in RESNET_BLOCKS:
-            raise ConfigError(f"depth must be one of {sorted(RESNET_BLOCKS)}, got {depth}")
-        body = ResNet(RESNET_BLOCKS[depth], stem=stem, attention_stages=ALL_STAGES if attention else (),
-                      kernel_size=kernel_size, backend=backend, base_width=base_width)
-        return retinanet(body, num_classes, fpn, heads, min_size, max_size, backend, channels, anchor_size, kernel_size,
-                         head_norm, score_thresh=score_threshold)
-
-    return build
+classifier = register_model(ResNetConfig, fixed=("blocks",))
+detector = register_model(RetinaNetConfig)
 
 
-register_model("retinanet_resnet50", _retinanet(attention=False))
-register_model("retinanet_sasa_resnet50", _retinanet(attention=True))
+@classifier
+def resnet26(**overrides: Any) -> ResNet:
+    """The paper's conv baseline ResNet-26: bottleneck blocks 1-2-4-1, 3x3 convolutions, conv stem."""
+    return _conv(26, overrides)
+
+
+@classifier
+def resnet38(**overrides: Any) -> ResNet:
+    """The paper's conv baseline ResNet-38: bottleneck blocks 2-3-5-2."""
+    return _conv(38, overrides)
+
+
+@classifier
+def resnet50(**overrides: Any) -> ResNet:
+    """The paper's conv baseline ResNet-50 (v1.5, as torchvision's): bottleneck blocks 3-4-6-3."""
+    return _conv(50, overrides)
+
+
+@classifier
+def sasa_resnet26(**overrides: Any) -> ResNet:
+    """ResNet-26 with local self-attention (k = 7, 8 heads) in place of every 3x3 conv, conv stem
+    (stem="attention": the paper's full-attention model)."""
+    return _sasa(26, overrides)
+
+
+@classifier
+def sasa_resnet38(**overrides: Any) -> ResNet:
+    """ResNet-38 with local self-attention in every stage (as sasa_resnet26)."""
+    return _sasa(38, overrides)
+
+
+@classifier
+def sasa_resnet50(**overrides: Any) -> ResNet:
+    """ResNet-50 with local self-attention in every stage (as sasa_resnet26); attention_stages
+    picks the stages (paper Table 3)."""
+    return _sasa(50, overrides)
+
+
+@detector
+def retinanet_resnet50(**overrides: Any) -> RetinaNet:
+    """The paper's conv RetinaNet: ResNet-50 body, FPN P3-P7 and heads of 256 channels (Table 2)."""
+    return retinanet_resnet(50, attention=False, config=RetinaNetConfig(**overrides))
+
+
+@detector
+def retinanet_sasa_resnet50(**overrides: Any) -> RetinaNet:
+    """RetinaNet on SASA-ResNet-50; stem, fpn and heads="attention" make the other rows of Table 2."""
+    return retinanet_resnet(50, attention=True, config=RetinaNetConfig(**overrides))
+
+
+@detector
+def retinanet_sasa_resnet26(**overrides: Any) -> RetinaNet:
+    """RetinaNet on SASA-ResNet-26: with base_width 16 and 32 channels, the shapes demo's small detector."""
+    return retinanet_resnet(26, attention=True, config=RetinaNetConfig(**overrides))

@@ -7,6 +7,7 @@ AttentionStem.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from torch import Tensor, nn
@@ -46,47 +47,62 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-class ResNet(nn.Module):
-    """A bottleneck ResNet whose stages (numbered 1-4, as the paper's "groups") may use attention.
+# Bottleneck blocks per stage (paper section 4.1).
+RESNET_BLOCKS = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
+ALL_STAGES = (1, 2, 3, 4)
 
-    Options: blocks per stage; stem "conv" (7x7/2 conv + 3x3/2 max pool) or "attention";
-    attention_stages, the stages whose spatial layers are LocalSelfAttention2d; and the
-    attention layer's kernel_size, heads, positional, logits, padding and backend. base_width is
-    the first stage's bottleneck width, doubled at each stage (64: the paper's 64-128-256-512;
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """What a ResNet is: blocks per stage; stem "conv" (7x7/2 conv + 3x3/2 max pool) or
+    "attention" (AttentionStem, with stem_heads and stem_values); attention_stages, the stages
+    (numbered 1-4, as the paper's "groups") whose spatial layers are LocalSelfAttention2d, with
+    that layer's kernel_size, heads, positional, logits, padding and backend. base_width is the
+    first stage's bottleneck width, doubled at each stage (64: the paper's 64-128-256-512;
     narrower ResNets are for small demos).
     """
 
-    def __init__(
-        self,
-        blocks: Sequence[int],
-        stem: str = "conv",
-        attention_stages: Sequence[int] = (),
-        num_classes: int = 1000,
-        kernel_size: int = 7,
-        heads: int = 8,
-        positional: str = "relative",
-        logits: str = "qk+qr",
-        padding: str = "zeros",
-        backend: str = "auto",
-        stem_heads: int = 4,
-        stem_values: str = "spatially_aware",
-        base_width: int = 64,
-    ) -> None:
+    blocks: Sequence[int]
+    stem: str = "conv"
+    attention_stages: Sequence[int] = ()
+    num_classes: int = 1000
+    kernel_size: int = 7
+    heads: int = 8
+    positional: str = "relative"
+    logits: str = "qk+qr"
+    padding: str = "zeros"
+    backend: str = "auto"
+    stem_heads: int = 4
+    stem_values: str = "spatially_aware"
+    base_width: int = 64
+
+    def __post_init__(self) -> None:
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if len(self.blocks) != STAGES:
+            raise ConfigError(f"blocks must give {STAGES} stages, got {tuple(self.blocks)}")
+        if self.base_width < 1 or (self.attention_stages and self.base_width % self.heads):
+            raise ConfigError(f"base_width must be a positive multiple of the attention heads ({self.heads}), "
+                              f"got {self.base_width}")
+        if any(stage not in ALL_STAGES for stage in self.attention_stages):
+            raise ConfigError(f"attention_stages are stage numbers 1-4, got {tuple(self.attention_stages)}")
+
+    def attention(self) -> dict:
+        """The options of each LocalSelfAttention2d."""
+        return dict(kernel_size=self.kernel_size, heads=self.heads, positional=self.positional, logits=self.logits,
+                    padding=self.padding, backend=self.backend)
+
+
+class ResNet(nn.Module):
+    """A bottleneck ResNet whose stages may use attention (ResNetConfig)."""
+
+    def __init__(self, config: ResNetConfig) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {stem!r}")
-        if len(blocks) != STAGES:
-            raise ConfigError(f"blocks must give {STAGES} stages, got {tuple(blocks)}")
-        if base_width < 1 or (attention_stages and base_width % heads):
-            raise ConfigError(f"base_width must be a positive multiple of the attention heads ({heads}), got {base_width}")
+        self.config = config
+        blocks, base_width, stem = config.blocks, config.base_width, config.stem
         widths = [base_width * 2**stage for stage in range(STAGES)]
-        bad = [s for s in attention_stages if s not in (1, 2, 3, 4)]
-        if bad:
-            raise ConfigError(f"attention_stages are stage numbers 1-4, got {tuple(attention_stages)}")
-        self.stem_kind, self.attention_stages = stem, tuple(sorted(attention_stages))
-        attention = dict(
-            kernel_size=kernel_size, heads=heads, positional=positional, logits=logits, padding=padding, backend=backend
-        )
+        self.stem_kind, self.attention_stages = stem, tuple(sorted(config.attention_stages))
+        attention = config.attention()
 
         if stem == "conv":
             self.stem = nn.Sequential(
@@ -96,7 +112,7 @@ class ResNet(nn.Module):
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         else:
-            self.stem = AttentionStem(3, widths[0], heads=stem_heads, values=stem_values)
+            self.stem = AttentionStem(3, widths[0], heads=config.stem_heads, values=config.stem_values)
 
         stages = []
         in_channels = widths[0]
@@ -113,8 +129,8 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.num_classes, self.num_features = num_classes, in_channels
-        self.fc = nn.Linear(in_channels, num_classes)
+        self.num_classes, self.num_features = config.num_classes, in_channels
+        self.fc = nn.Linear(in_channels, config.num_classes)
         # The stages' outputs as timm's feature extractors (features_only=True) name them.
         self.feature_info = [dict(num_chs=width * EXPANSION, reduction=4 * 2**index, module=f"stages.{index}")
                              for index, width in enumerate(widths)]

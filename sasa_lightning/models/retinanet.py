@@ -17,6 +17,7 @@ P6 is computed from P5, not C5 (torchvision's RetinaNet; from C5 the conv baseli
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
@@ -28,7 +29,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from ..errors import ConfigError
 from ..nn import LocalSelfAttention2d
-from .resnet import ResNet
+from .resnet import ALL_STAGES, RESNET_BLOCKS, ResNet, ResNetConfig
 
 FPN_CHANNELS = 256  # the paper's d_out for the FPN and heads
 ANCHOR_SIZE = 32  # RetinaNet's anchor side at P3, doubled at each level up to P7
@@ -153,3 +154,35 @@ def retinanet(
                                                 transform.image_std, fixed_size=transform.fixed_size)
     return detector
 
+
+
+@dataclass(frozen=True)
+class RetinaNetConfig:
+    """A registry detector's options. The paper's (ResNet-50 body, 256-channel FPN and heads,
+    k = 7) by default; stem, fpn and heads are "conv" or "attention"; base_width, channels,
+    kernel_size, anchor_size and head_norm make the small detectors of the demo. min_size and
+    max_size: evaluation images are resized to them. score_threshold: detections scoring less
+    are dropped before non-maximum suppression."""
+
+    num_classes: int = 80
+    stem: str = "conv"
+    fpn: str = "conv"
+    heads: str = "conv"
+    min_size: int = 640
+    max_size: int = 640
+    backend: str = "auto"
+    base_width: int = 64
+    channels: int = FPN_CHANNELS
+    kernel_size: int = ATTENTION["kernel_size"]
+    anchor_size: int = ANCHOR_SIZE
+    head_norm: bool = False
+    score_threshold: float = 0.05
+
+
+def retinanet_resnet(depth: int, attention: bool, config: RetinaNetConfig) -> RetinaNet:
+    """The detector of `config` on a ResNet-`depth` body, all of whose stages use attention if `attention`."""
+    body = ResNet(ResNetConfig(RESNET_BLOCKS[depth], stem=config.stem, attention_stages=ALL_STAGES if attention else (),
+                               kernel_size=config.kernel_size, backend=config.backend, base_width=config.base_width))
+    return retinanet(body, config.num_classes, config.fpn, config.heads, config.min_size, config.max_size,
+                     config.backend, config.channels, config.anchor_size, config.kernel_size, config.head_norm,
+                     score_thresh=config.score_threshold)

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..compat import is_batch_norm
 from ..models import create_model
 from .ema import EMA
 from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
-from .optim import ScaledLearningRate, sgd_warmup_cosine
+from .optim import ScaledLearningRate, optimizer_and_warmup_cosine
 from .weights import load_for_finetuning
 
 
@@ -68,7 +69,7 @@ class ImageClassifier(ScaledLearningRate, L.LightningModule):
             rank_zero_info(f"init_from {init_from}: {load_for_finetuning(self.model, init_from)}")
         if bn_momentum is not None:
             for module in self.model.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                if is_batch_norm(module):
                     module.momentum = bn_momentum
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
@@ -153,4 +154,4 @@ class ImageClassifier(ScaledLearningRate, L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return sgd_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay, hp.warmup_epochs)
+        return optimizer_and_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay, hp.warmup_epochs)

@@ -11,7 +11,7 @@ from torchvision.models.detection import RetinaNet
 
 from ..models import create_model
 from ..errors import ConfigError
-from .optim import OPTIMIZERS, ScaledLearningRate, sgd_warmup_cosine
+from .optim import OPTIMIZERS, ScaledLearningRate, optimizer_and_warmup_cosine
 from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
 from .weights import load_backbone
@@ -198,5 +198,5 @@ class ObjectDetector(ScaledLearningRate, L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return sgd_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay,
+        return optimizer_and_warmup_cosine(self.model, self.trainer, self.lr, hp.momentum, hp.nesterov, hp.weight_decay,
                                  hp.warmup_epochs, hp.optimizer)

@@ -83,7 +83,7 @@ def schedule_steps(trainer, warmup_epochs: float) -> tuple[int, int]:
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def sgd_warmup_cosine(model: nn.Module, trainer, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+def optimizer_and_warmup_cosine(model: nn.Module, trainer, lr: float, momentum: float, nesterov: bool, weight_decay: float,
                       warmup_epochs: float, optimizer: str = "sgd") -> dict:
     """configure_optimizers' answer: the optimizer over parameter_groups, stepped per batch by
     warmup_cosine. "sgd" is the paper's; "adamw" (momentum is its beta1) learns faster from

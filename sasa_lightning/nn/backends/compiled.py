@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...compat import compiler_settings
 from . import custom_ops, fused
 from .call import Call
 
@@ -120,9 +121,7 @@ def _compiled() -> tuple:
 
 def run_compiled(fn, *args, **kwargs):
     """fn (a torch.compile'd function of this package) called under the settings above."""
-    from torch.fx.experimental import _config as fx_config
-
-    with torch._dynamo.config.patch(**_DYNAMO_CONFIG), fx_config.patch(**_SHAPE_CONFIG):
+    with compiler_settings(_DYNAMO_CONFIG, _SHAPE_CONFIG):
         return fn(*args, **kwargs)
 
 
