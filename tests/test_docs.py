@@ -11,7 +11,8 @@ import pytest
 from sasa_lightning.cli.command import TRAINER_COMMANDS, _tools_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "slurm" / "README.md", *sorted((ROOT / "slurm").glob("*.sbatch"))]
+DOCS = [ROOT / "README.md", ROOT / "slurm" / "README.md", ROOT / "benchmarks" / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "slurm").glob("*.sbatch"))]
 TOP_FOLDERS = ("configs", "slurm", "benchmarks", "tests", "sasa_lightning", "docs")
 PATH = re.compile(rf"(?<![\w/.$-])((?:{'|'.join(TOP_FOLDERS)})/[\w./{{}},*-]*[\w*}}])")
 # Inline commands with placeholders are patterns, not commands (`sasa fit --config X ...`).
@@ -120,3 +121,57 @@ def test_listed_models_and_backends_are_the_code_s():
     assert re.findall(r"'(\w+)'", listed) == list_models()
     options = re.search(r"`backend` = (.*?)\n\(", readme, re.S).group(1)
     assert re.findall(r"`(\w+)`", options) == list(BACKEND_NAMES)
+
+
+def documented_options():
+    """(doc, section, option) for every `--section.option` the docs name, commands or prose."""
+    for doc in DOCS:
+        for section, option in re.findall(r"--(model\.init_args|data\.init_args|trainer|[a-z_]+)\.(\w+)", doc_text(doc)):
+            yield doc.relative_to(ROOT), section, option
+
+
+def option_names(section: str) -> set[str]:
+    """What the CLI accepts after --<section>.: the tasks', data modules' or trainer's constructor
+    arguments, or a default callback's."""
+    import inspect
+
+    import lightning as L
+
+    from sasa_lightning import data, tasks
+    from sasa_lightning.cli.lightning_cli import DEFAULT_CALLBACKS
+
+    def arguments(classes) -> set[str]:
+        return {name for cls in classes for klass in cls.__mro__ if "__init__" in vars(klass)
+                for name in inspect.signature(klass.__init__).parameters}
+
+    if section == "model.init_args":
+        return arguments(tasks.TASKS)
+    if section == "data.init_args":
+        return arguments([data.FFCVImageNet, data.DigitsData, data.ImageFolderData, data.COCODetectionData])
+    if section == "trainer":
+        return set(inspect.signature(L.Trainer.__init__).parameters)
+    return arguments([DEFAULT_CALLBACKS[section][0]]) if section in DEFAULT_CALLBACKS else set()
+
+
+def test_every_documented_option_is_one_the_cli_takes():
+    wrong = [f"{doc}: --{section}.{option}" for doc, section, option in sorted(set(documented_options()))
+             if option not in option_names(section)]
+    assert wrong == []
+    assert len(set(documented_options())) >= 20  # the extraction finds them
+
+
+def test_every_relative_link_and_its_anchor_exist():
+    def anchors(path: Path) -> set[str]:
+        return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+                for line in path.read_text().splitlines() if line.startswith("#")}
+
+    broken = []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc_text(doc)):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            if not path.exists() or (anchor and anchor not in anchors(path)):
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert broken == []
