@@ -54,9 +54,11 @@ class LineProgress(L.Callback):
         # After the tasks' own epoch-end hooks: the detector computes its mAP there.
         if not self.enabled or trainer.sanity_checking:
             return
+        # Only a fit has epochs to count; `sasa validate` validates once.
+        fitting = trainer.state.fn == "fit"
+        epoch = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} " if fitting else ""
         print(
-            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} validated  "
-            f"{_format(trainer.callback_metrics, _reported(pl_module, 'validation'))}",
+            f"{epoch}validated  {_format(trainer.callback_metrics, _reported(pl_module, 'validation'))}",
             file=self.stream,
             flush=True,
         )
