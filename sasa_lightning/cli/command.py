@@ -2,8 +2,9 @@
 
 Trainer subcommands (fit, validate, test, predict) are LightningCLI: `sasa fit --config X.yaml`.
 Tools: `sasa summary` (the paper's tables), `sasa data ...` (writers, demo data), `sasa plot`
-(curves of a run), `sasa export` (DeepSpeed checkpoint to one file) and `sasa bench ...`
-(benchmarks of the source checkout).
+(curves of a run), `sasa export` (a checkpoint as one file, its weights, a torch.export program
+or ONNX), `sasa attention` (attention maps) and `sasa bench ...` (benchmarks of the source
+checkout).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from .argument_errors import TRAINER_COMMANDS
 from ..errors import ConfigError, UserError
 
-EXPORT_FORMATS = ("checkpoint", "state_dict", "exported", "onnx")  # sasa export --format, inference_export.py
+EXPORT_FORMATS = ("checkpoint", "state_dict", "exported", "onnx")  # sasa export --format, cli/export.py
 
 
 def summary(tables: list[int], output_format: str) -> list[dict]:
