@@ -38,9 +38,9 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[nn.Module, bool, tuple 
     """(the network the maps are drawn from, whether it is a classifier, the (mean, std) the
     checkpoint knows): a classifier's ResNet, or a detector's backbone body, with the inference
     (EMA) weights."""
-    from .export import classifier_from, readable_checkpoint
     from ..models import create_model
     from ..tasks.weights import CheckpointError, read_checkpoint
+    from .export import classifier_from, readable_checkpoint
 
     with readable_checkpoint(checkpoint) as file:
         state = read_checkpoint(file)

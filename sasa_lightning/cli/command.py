@@ -19,8 +19,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from .argument_errors import TRAINER_COMMANDS
 from ..errors import ConfigError, UserError
+from .argument_errors import TRAINER_COMMANDS
 
 EXPORT_FORMATS = ("checkpoint", "state_dict", "exported", "onnx")  # sasa export --format, cli/export.py
 

@@ -1,8 +1,8 @@
 """LightningCLI for `sasa fit|validate|test|predict`, with the project's defaults.
 
 Every run writes under trainer.default_root_dir: checkpoints/ (last.ckpt and the best by the
-task's reported.best metric, at a fixed path so `--ckpt_path last` finds them on resume) and logs/version_N/
-(CSV always, TensorBoard when installed, the resolved config).
+task's reported.best metric, at a fixed path so `--ckpt_path last` finds them on resume) and
+logs/version_N/ (CSV always, TensorBoard when installed, the resolved config).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from .argument_errors import TRAINER_COMMANDS, explain_argument_error
 from ..distributed.preemption import Preemption
 from ..errors import ConfigError
 from ..tasks.weights import CheckpointError
+from .argument_errors import TRAINER_COMMANDS, explain_argument_error
 from .checkpoint_check import RUN_OPTIONS, checkpoint_hparams, refuse_contradictions
 from .checkpoint_io import AtomicCheckpointIO
 from .prediction_writer import PredictionWriter
