@@ -23,7 +23,7 @@ def summary_json(capsys, *tables):
 def assert_within_paper_bounds(rows):
     """Classifiers: every parameter count within 1.5 % of the paper's and every FLOP count within 3 %.
 
-    Detectors (Table 2), as the README explains: parameters within 2 % with conv FPN and heads and
+    Detectors (Table 2), as docs/backends.md explains: parameters within 2 % with conv FPN and heads and
     within 3 % with attention ones; FLOPs within 5 % with conv ones, and 15-17 % above the paper's
     with attention ones (the paper's counting of the attention heads at 640x640 is not known).
     """

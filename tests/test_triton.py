@@ -89,14 +89,14 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
     assert all(0 < k["shared_bytes"] <= SM90_SHARED_MEMORY and k["registers"] for k in kernels)
 
 
-def test_the_readme_shows_the_performance_model_as_the_script_computes_it(tmp_path):
-    """README's performance-model table and step figures are benchmarks/performance_model.py's output."""
+def test_the_benchmarks_readme_shows_the_performance_model_as_the_script_computes_it(tmp_path):
+    """benchmarks/README.md's performance-model table and step figures are benchmarks/performance_model.py's output."""
     out = tmp_path / "model.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "performance_model.py"), "--out", str(out)],
                             capture_output=True, text=True, cwd=ROOT / "benchmarks", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     devices = json.loads(out.read_text())["devices"]
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
     h100, h200 = devices["H100 SXM"], devices["H200 SXM"]
     for row_h100, row_h200 in zip(h100["layers"], h200["layers"]):
         a, b = row_h100["attention"], row_h200["attention"]
