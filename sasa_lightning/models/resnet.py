@@ -101,7 +101,6 @@ class ResNet(nn.Module):
         self.config = config
         blocks, base_width, stem = config.blocks, config.base_width, config.stem
         widths = [base_width * 2**stage for stage in range(STAGES)]
-        self.stem_kind, self.attention_stages = stem, tuple(sorted(config.attention_stages))
         attention = config.attention()
 
         if stem == "conv":
@@ -120,7 +119,7 @@ class ResNet(nn.Module):
             layers = []
             for index in range(count):
                 stride = 2 if index == 0 and number > 1 else 1
-                if number in self.attention_stages:
+                if number in config.attention_stages:
                     spatial = LocalSelfAttention2d(width, width, stride=stride, **attention)
                 else:
                     spatial = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
