@@ -2,12 +2,16 @@
 backend, against a 3x3 conv of the same width, the public reimplementations' unfold style, timm's
 HaloAttn and (on CUDA, when installed) NATTEN's na2d.
 
-Each variant is measured in processes of its own, so its peak memory is its own. On CPU: the peak
+On CPU each variant is measured in processes of its own, so its peak memory is its own: the peak
 resident memory during one forward+backward minus the resident memory just before it (inputs,
 weights and the output gradient already allocated); for that run glibc's mmap threshold is fixed
 so that freed tensors leave the resident set at once (otherwise the allocator's caching hides or
 inflates peaks), which makes every allocation fault in fresh pages, so time is measured in a
-second process with the default allocator. On CUDA: torch's peak allocation above the same base.
+second process with the default allocator. On CUDA every variant runs in one process (a process
+per variant costs seconds of CUDA start-up each, too many for a GPU lease): times by CUDA events,
+the median of up to 10 after warm-ups, and torch's peak allocation above the same base, the
+peak counters reset between variants. On CUDA the layers run under bf16 autocast, as GPU
+training does.
 
 GFLOP/s counts the paper's FLOPs of the layer (forward: projections and k^2 * d_out per pixel
 for each of q.k, q.r and the weighted sum; backward: twice the forward), beside a large matmul's
@@ -38,8 +42,8 @@ KERNEL_SIZE, HEADS = 7, 8
 VARIANTS = {
     "cpu": ["conv3x3", "conv3x3_channels_last", "sasa_cpu", "sasa_compiled", "sasa_chunked", "sasa_reference",
             "public_unfold", "halo_timm"],
-    "cuda": ["conv3x3", "conv3x3_channels_last", "sasa_triton", "sasa_flex", "sasa_compiled", "sasa_chunked",
-             "sasa_reference", "public_unfold", "halo_timm", "natten_na2d"],
+    "cuda": ["conv3x3", "conv3x3_channels_last", "sasa_triton", "sasa_triton_channels_last", "sasa_flex",
+             "sasa_chunked", "public_unfold", "halo_timm", "natten_na2d"],
 }
 RESULTS = Path(__file__).parent / "results"
 
@@ -135,7 +139,8 @@ def make_layer(variant: str, shape):
         return halo_layer(channels, height, width)
     if variant == "natten_na2d":
         return natten_layer(channels)
-    return LocalSelfAttention2d(channels, channels, KERNEL_SIZE, HEADS, backend=variant.removeprefix("sasa_"))
+    backend = variant.removeprefix("sasa_").removesuffix("_channels_last")
+    return LocalSelfAttention2d(channels, channels, KERNEL_SIZE, HEADS, backend=backend)
 
 
 def forward_gflop(variant: str, shape) -> float:
@@ -202,6 +207,65 @@ def measure(variant: str, shape: tuple[int, int, int, int], repeats: int, device
             "params": sum(p.numel() for p in layer.parameters())}
 
 
+def measure_cuda(variant: str, shape: tuple[int, int, int, int]) -> dict:
+    """One variant in this process on CUDA: peak allocation above the inputs, then times by CUDA
+    events (median after warm-ups; fewer repeats for slow variants)."""
+    import torch
+
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if variant.endswith("channels_last") else torch.contiguous_format
+    layer = make_layer(variant, shape).to(device="cuda", memory_format=memory_format)
+    x = torch.randn(shape, device="cuda").to(memory_format=memory_format).requires_grad_()
+    grad_out = torch.randn(shape, device="cuda").to(memory_format=memory_format)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        out.backward(grad_out.to(out.dtype))
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+
+    start = time.perf_counter()
+    step()  # one-time allocations, kernel selection, compilation
+    torch.cuda.synchronize()
+    first_call = time.perf_counter() - start
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    times = cuda_times(step)
+    forward_times = cuda_times(lambda: _forward_only(layer, x))
+    return {"time_s": statistics.median(times), "forward_s": statistics.median(forward_times),
+            "first_call_s": first_call, "peak_mib": peak, "peak_activations": peak / (x.numel() * 4 / 2**20),
+            "params": sum(p.numel() for p in layer.parameters())}
+
+
+def _forward_only(layer, x) -> None:
+    import torch
+
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        layer(x)
+
+
+def cuda_times(work, budget_s: float = 1.5, at_most: int = 10) -> list[float]:
+    """Seconds of `work` by CUDA events after two warm-ups; as many repeats (2 to at_most) as fit
+    budget_s by the warm-ups' time."""
+    import torch
+
+    def timed() -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+    warm = [timed() for _ in range(2)]
+    repeats = max(2, min(at_most, int(budget_s / max(min(warm), 1e-6))))
+    return [timed() for _ in range(repeats)]
+
+
 def matmul_gflops(device: str) -> float:
     """GFLOP/s of a large float32 matrix product: the device's reachable peak for this arithmetic."""
     import torch
@@ -229,6 +293,15 @@ def _run_child(variant: str, shape, repeats: int, device: str) -> dict:
 
 
 def measure_variant(variant: str, shape, repeats: int, device: str) -> dict:
+    if device == "cuda":
+        import torch
+
+        try:
+            result = measure_cuda(variant, shape)
+        except Unavailable as reason:
+            result = {"unavailable": str(reason)}
+        torch.cuda.empty_cache()
+        return {"variant": variant, "shape": list(shape), **result}
     return {"variant": variant, "shape": list(shape), **_run_child(variant, shape, 0, device),
             **_run_child(variant, shape, repeats, device)}
 
@@ -280,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             conv = conv or (result if variant == "conv3x3" else None)
             if conv:
                 result["time_vs_conv"] = result["time_s"] / conv["time_s"]
+                if "forward_s" in conv:
+                    result["forward_vs_conv"] = result["forward_s"] / conv["forward_s"]
                 # At the quick shapes the conv's peak can stay within pages already resident (0 MiB).
                 if conv["peak_mib"] > 0:
                     result["peak_vs_conv"] = result["peak_mib"] / conv["peak_mib"]
@@ -287,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{str(tuple(shape)):>18} {variant:>22} {result['time_s']:8.3f} {result.get('time_vs_conv', float('nan')):7.2f} "
                 f"{result['peak_mib']:9.1f} {result.get('peak_vs_conv', float('nan')):7.2f} {result['gflops']:8.1f} "
-                f"{result['fraction_of_matmul']:8.3f} {result['first_call_s']:10.2f}",
+                f"{result['fraction_of_matmul']:8.3f} {result['first_call_s']:10.2f}"
+                + (f"  forward {result['forward_s'] * 1e3:.3f} ms, x conv {result.get('forward_vs_conv', float('nan')):.2f}"
+                   if "forward_s" in result else ""),
                 flush=True,
             )
     write_report(
@@ -298,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         matmul_gflops=peak_gflops,
         note="peak_mib: peak memory of one forward+backward above the inputs (CPU: resident, CUDA: allocated); "
              "activations: in units of one input tensor; gflops: the paper's FLOPs of forward+backward (3x forward) "
-             "per second; first_call_s: the first forward+backward, compilation included",
+             "per second; first_call_s: the first forward+backward, compilation included; forward_s (CUDA): the "
+             "forward alone, without gradients",
         results=rows,
     )
     return 0

@@ -1,8 +1,9 @@
 """Training throughput and peak memory of whole classifiers: SASA-ResNet-26/50 against ResNet-26/50.
 
-One training step is forward, cross-entropy, backward and an SGD update on random images; each
-model is measured in a process of its own (its peak memory is its own), and the attention models
-once per backend. CPU: 128x128, batch 32, float32. CUDA (when there is one): 224x224, batch 128,
+One training step is forward, cross-entropy, backward and an SGD update on random images; on CPU
+each model is measured in a process of its own (its peak memory is its own), on CUDA all in one
+process with the peak counters reset between models (a process each costs seconds of CUDA
+start-up, too many for a GPU lease); the attention models once per backend. CPU: 128x128, batch 32, float32. CUDA (when there is one): 224x224, batch 128,
 bf16 autocast. Each model runs eagerly and under torch.compile (nn.Module.compile; the first
 warm-up step compiles), the attention models compiled with the backends whose kernels are custom
 ops (cpu, triton); the others run eagerly only. The ratio column is images/s against the conv
@@ -28,7 +29,10 @@ from report import write_report
 
 RESULTS = Path(__file__).parent / "results"
 PAIRS = [("resnet26", "sasa_resnet26"), ("resnet50", "sasa_resnet50")]
-DEFAULT_BACKENDS = {"cpu": "cpu,chunked", "cuda": "triton,flex,compiled,chunked"}
+# On CUDA also the full-attention model (the paper's attention stem), against ResNet-50.
+STEM_PAIR = ("resnet50", "sasa_resnet50_attention_stem")
+VARIANT_MODELS = {"sasa_resnet50_attention_stem": ("sasa_resnet50", {"stem": "attention"})}
+DEFAULT_BACKENDS = {"cpu": "cpu,chunked", "cuda": "triton"}
 # Backends whose kernels torch.compile sees as one custom op each; the others trace into Python
 # loops (chunked) or compile inside themselves (compiled, flex).
 COMPILABLE = ("cpu", "triton")
@@ -47,8 +51,10 @@ def measure(model_name: str, backend: str, device: str, size: int, batch: int, b
     from sasa_lightning.models import create_model
 
     torch.manual_seed(0)
-    options = {"backend": backend} if model_name.startswith("sasa") else {}
-    model = create_model(model_name, num_classes=1000, **options).to(device)
+    registry_name, options = VARIANT_MODELS.get(model_name, (model_name, {}))
+    if model_name.startswith("sasa"):
+        options = options | {"backend": backend}
+    model = create_model(registry_name, num_classes=1000, **options).to(device)
     if compiled:
         model.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -73,12 +79,20 @@ def measure(model_name: str, backend: str, device: str, size: int, batch: int, b
         times.append(time.perf_counter() - start)
     if device == "cuda":
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        del model, optimizer, images, labels
+        torch.cuda.empty_cache()
     else:
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"images_per_s": batch / statistics.median(times), "peak_mib": peak_mib}
 
 
 def _run_child(*args) -> dict:
+    name, backend, device, size, batch, bf16, steps, mode = args
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return measure(name, backend, device, size, batch, bf16, steps, mode == "compiled")
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, __file__, "--child", *map(str, args), out.name], check=True)
         return json.loads(Path(out.name).read_text())
@@ -90,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (median reported)")
     parser.add_argument("--backends", default=None,
                         help="attention backends to measure, comma-separated (default: cpu,chunked on CPU; "
-                             "flex,compiled,chunked on CUDA)")
+                             "triton on CUDA)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="eager, compiled or both, comma-separated (default: both)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when there is one")
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = dict(SETTINGS[device])
-    pairs = PAIRS
+    pairs = PAIRS + ([STEM_PAIR] if device == "cuda" else [])
     if args.quick:
         settings["size"], pairs = 64, PAIRS[:1]
     backends = [b for b in (args.backends or DEFAULT_BACKENDS[device]).split(",") if b]

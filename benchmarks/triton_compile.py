@@ -3,11 +3,12 @@
 Triton compiles ahead of time for a target it is told of (`GPUTarget("cuda", 90, 32)`), down to
 PTX and a cubin, so what Triton's interpreter checks against the reference in the tests is also
 proven to compile for the hardware (the interpreter accepts code the compiler refuses). The
-variants are the backend's own list (`triton_attention.kernel_variants()`: kernel x input dtype x
+variants are the backend's own list (`triton_launch.kernel_variants()`: kernel x input dtype x
 launch config), compiled as the backend compiles them on a GPU's first forward
-(`triton_attention.compile_variant`: the argument types its launchers pass). For each it prints the
-shared memory Triton reports and the registers and spills ptxas reports (`ptxas -v`, the ptxas
-Triton ships), then a final line `compiled N kernels for sm_90`.
+(`triton_launch.compile_variant`: the argument types its launchers pass). For each it prints the
+shared memory Triton reports, the registers and spills ptxas reports (`ptxas -v`, the ptxas
+Triton ships), and the tensor-core instructions in the PTX (`mma.sync` and Hopper's
+`wgmma.mma_async`), then a final line `compiled N kernels for sm_90`.
 
     python benchmarks/triton_compile.py          # or: sasa bench triton-compile
     python benchmarks/triton_compile.py --jobs 1
@@ -31,23 +32,24 @@ from report import write_report  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 TARGET = ("cuda", 90, 32)  # sm_90, warp size 32
 REGISTERS = re.compile(r"Used (\d+) registers")
+MMA = re.compile(r"^\s*mma\.sync\.", re.MULTILINE)
+WGMMA = re.compile(r"^\s*wgmma\.mma_async\.", re.MULTILINE)
 SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def compile_variant(variant: tuple) -> dict:
     from triton.backends.compiler import GPUTarget
 
-    from sasa_lightning.nn.backends.triton_attention import compile_variant
+    from sasa_lightning.nn.backends.triton_launch import compile_variant
 
     kernel, dtype, config = variant
     compiled = compile_variant(kernel, dtype, config, GPUTarget(*TARGET))
-    registers, spill_stores, spill_loads = _ptxas_report(compiled.asm["ptx"])
+    ptx = compiled.asm["ptx"]
+    registers, spill_stores, spill_loads = _ptxas_report(ptx)
     return {
-        "kernel": kernel, "dtype": str(dtype).removeprefix("torch."), "BLOCK_D": config["BLOCK_D"],
-        "TILE_H": config["TILE_H"], "TILE_W": config["TILE_W"],
-        **({"BLOCK_K": config["BLOCK_K"]} if kernel == "backward_query_kernel" else {}),
-        "shared_bytes": compiled.metadata.shared, "num_warps": compiled.metadata.num_warps,
-        "registers": registers, "spill_stores": spill_stores, "spill_loads": spill_loads,
+        "kernel": kernel, "dtype": str(dtype).removeprefix("torch."), **config,
+        "shared_bytes": compiled.metadata.shared, "registers": registers, "spill_stores": spill_stores,
+        "spill_loads": spill_loads, "mma": len(MMA.findall(ptx)), "wgmma": len(WGMMA.findall(ptx)),
     }
 
 
@@ -71,16 +73,18 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="compiles at once (default: every core)")
     parser.add_argument("--out", type=Path, default=RESULTS / "triton-compile-sm90.json")
     args = parser.parse_args()
-    from sasa_lightning.nn.backends.triton_attention import kernel_variants
+    from sasa_lightning.nn.backends.triton_launch import kernel_variants
 
     variants = kernel_variants()
-    print(f"{'kernel':22} {'dtype':8} {'D':>3} {'tile':>5} {'K blk':>5} {'shared':>7} {'regs':>5} {'spills':>7}", flush=True)
+    print(f"{'kernel':22} {'dtype':8} {'D':>3} {'tile':>5} {'halo':>5} {'warps':>5} {'shared':>7} {'regs':>5} "
+          f"{'spills':>7} {'mma':>5} {'wgmma':>5}", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         results = list(pool.map(compile_variant, variants))
     for r in results:
         spills = "-" if r["spill_stores"] is None else r["spill_stores"] + r["spill_loads"]
-        print(f"{r['kernel']:22} {r['dtype']:8} {r['BLOCK_D']:3} {r['TILE_H']:>2}x{r['TILE_W']:<2} "
-              f"{r.get('BLOCK_K', ''):>5} {r['shared_bytes']:7} {str(r['registers']):>5} {spills:>7}")
+        print(f"{r['kernel']:22} {r['dtype']:8} {r['BLOCK_D']:3} {r['TILE_H']:>2}x{r['TILE_W']:<2} {r['BLOCK_HALO']:5} "
+              f"{r['num_warps']:5} {r['shared_bytes']:7} {str(r['registers']):>5} {spills:>7} {r['mma']:5} "
+              f"{r['wgmma']:5}")
     write_report(args.out, "triton_compile", target=f"sm_{TARGET[1]}", kernels=results)
     print(f"compiled {len(results)} kernels for sm_{TARGET[1]}")
     return 0

@@ -44,7 +44,7 @@ def test_auto_skips_a_backend_that_cannot_run_the_call_and_logs_why(monkeypatch,
         assert functional.candidates("auto", call("cuda", dtype=torch.int8)) == ["chunked"]
     messages = caplog.text
     assert "'triton' skipped: the triton backend takes head dims up to 64, not 128" in messages
-    assert "windows up to 15, not 17" in messages
+    assert "windows up to 11 in torch.float32, not 17" in messages
     assert "not torch.int8" in messages
 
 

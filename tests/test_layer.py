@@ -21,7 +21,7 @@ def run(layer, x):
 def grads_of(layer, x):
     x = x.clone().requires_grad_()
     out = run(layer, x)
-    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out))
     return [out.detach(), x.grad] + [p.grad for p in layer.cpu().parameters()]
 
 

@@ -37,7 +37,7 @@ def forward_backward(fn, inputs):
         if t is not None:
             t.grad = None
     out = fn(*inputs)
-    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out))
     return [out.detach()] + [None if t is None else t.grad.clone() for t in inputs]
 
 

@@ -87,6 +87,15 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a layer's float32 input is computed in under autocast (the backends' custom ops
+    cast to it where their kernels take it); otherwise x's."""
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
 def _check(
     heads: int, head_dim: int, has_keys: bool, rel_rows: Tensor | None, rel_cols: Tensor | None, kernel_size: int, padding: str
 ) -> None:
@@ -158,7 +167,7 @@ def local_self_attention(
         raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
     _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size, padding)
     needs_grad = _needs_grad(x, query_weight, key_weight, value_weight, rel_rows, rel_cols, key_bias)
-    call = Call(x.device, x.dtype, out_channels // heads, kernel_size, needs_grad)
+    call = Call(x.device, _autocast_dtype(x), out_channels // heads, kernel_size, needs_grad)
     return _dispatch(backend, call, lambda impl: impl.local_self_attention(
         x=x, query_weight=query_weight, key_weight=key_weight, value_weight=value_weight, rel_rows=rel_rows,
         rel_cols=rel_cols, kernel_size=kernel_size, heads=heads, key_bias=key_bias, padding=padding))

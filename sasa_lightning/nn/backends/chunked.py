@@ -25,6 +25,9 @@ from .call import Call
 # products with the queries). Four or five of them are alive at once; at 2^20 fp32 elements
 # that is ~20 MB, small beside one ResNet activation at batch 16.
 TILE_ELEMENTS = 2**20
+# On a GPU, where each tile's dozen small kernels cost a launch each: 16x larger tiles (~0.3 GB
+# of expanded tensors at once), so a layer runs in a few launches of each, not hundreds.
+CUDA_TILE_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,15 @@ class Tile:
     pad_bottom: int
 
 
-def plan_tiles(batch: int, height: int, width: int, channels: int, kernel_size: int) -> list[Tile]:
-    """Tiles whose k^2-expanded tensors hold at most TILE_ELEMENTS elements (at least one row)."""
+def plan_tiles(batch: int, height: int, width: int, channels: int, kernel_size: int,
+               device: torch.device = torch.device("cpu")) -> list[Tile]:
+    """Tiles whose k^2-expanded tensors hold at most TILE_ELEMENTS elements (CUDA_TILE_ELEMENTS on
+    a GPU), at least one row."""
     p = kernel_size // 2
+    budget = CUDA_TILE_ELEMENTS if device.type == "cuda" else TILE_ELEMENTS
     per_row = channels * kernel_size * kernel_size * width
-    rows = max(1, min(height, TILE_ELEMENTS // per_row))
-    images = max(1, TILE_ELEMENTS // (per_row * height)) if rows == height else 1
+    rows = max(1, min(height, budget // per_row))
+    images = max(1, budget // (per_row * height)) if rows == height else 1
     tiles = []
     for b0 in range(0, batch, images):
         for r0 in range(0, height, rows):
@@ -130,7 +136,7 @@ def can_run(call: Call) -> str | None:
 
 def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
     batch, heads, dim, height, width = q.shape
-    tiles = plan_tiles(batch, height, width, heads * dim, kernel_size)
+    tiles = plan_tiles(batch, height, width, heads * dim, kernel_size, q.device)
 
     def tile_fn(*parts, tile):
         return _operator_tile(*parts, tile=tile, kernel_size=kernel_size, padding=padding)
@@ -143,7 +149,7 @@ def local_self_attention(
     *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias, padding
 ) -> Tensor:
     batch, _, height, width = x.shape
-    tiles = plan_tiles(batch, height, width, query_weight.shape[0], kernel_size)
+    tiles = plan_tiles(batch, height, width, query_weight.shape[0], kernel_size, x.device)
 
     def tile_fn(x_context, w_q, w_k, w_v, bias_context, rows, cols, *, tile):
         first = tile.row_start - tile.context_start

@@ -28,13 +28,19 @@ from . import fused
 class KernelEntry:
     load: Callable[[], fused.Kernel]  # builds or compiles on first use
     dtypes: tuple[torch.dtype, ...]  # known without loading, for the casts around the ops
+    channels_last: bool  # the layer's output and grad_x are channels-last (else contiguous)
 
 
 _KERNELS: dict[str, KernelEntry] = {}
 
 
-def register_kernel(name: str, load: Callable[[], fused.Kernel], dtypes=(torch.float32, torch.float64)) -> None:
-    _KERNELS[name] = KernelEntry(load, tuple(dtypes))
+def register_kernel(name: str, load: Callable[[], fused.Kernel], dtypes=(torch.float32, torch.float64),
+                    channels_last: bool = False) -> None:
+    _KERNELS[name] = KernelEntry(load, tuple(dtypes), channels_last)
+
+
+def _layer_format(kernel: str) -> torch.memory_format:
+    return torch.channels_last if _KERNELS[kernel].channels_last else torch.contiguous_format
 
 
 def _accumulator(t: Tensor) -> torch.dtype:
@@ -114,13 +120,17 @@ def local_self_attention_fwd(
     kernel_size: int, heads: int, mask: bool, kernel: str,
 ) -> tuple[Tensor, Tensor]:
     tensors = _detached(x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols)
-    return tuple(fused.layer_forward(_KERNELS[kernel].load(), *tensors, kernel_size, heads, mask))
+    implementation = _KERNELS[kernel].load()
+    if implementation.layer_forward is not None:
+        return tuple(implementation.layer_forward(*tensors, kernel_size, heads, mask))
+    return tuple(fused.layer_forward(implementation, *tensors, kernel_size, heads, mask))
 
 
 @local_self_attention_fwd.register_fake
 def _(x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols, kernel_size, heads, mask, kernel):
     batch, _, height, width = x.shape
-    return (x.new_empty((batch, query_weight.shape[0], height, width)),
+    return (torch.empty((batch, query_weight.shape[0], height, width), dtype=x.dtype, device=x.device,
+                        memory_format=_layer_format(kernel)),
             x.new_empty((batch, heads, height, width), dtype=_accumulator(x)))
 
 
@@ -131,16 +141,20 @@ def local_self_attention_bwd(
     kernel_size: int, heads: int, mask: bool, kernel: str, needs_grad_x: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     tensors = _detached(grad_out, x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols, lse)
-    grads = fused.layer_backward(_KERNELS[kernel].load(), *tensors, kernel_size, heads, mask, needs_grad_x)
+    implementation = _KERNELS[kernel].load()
+    if implementation.layer_backward is not None:
+        grads = implementation.layer_backward(*tensors, kernel_size, heads, mask, needs_grad_x)
+    else:
+        grads = fused.layer_backward(implementation, *tensors, kernel_size, heads, mask, needs_grad_x)
     return _empty_for_none(grads, x)
 
 
 @local_self_attention_bwd.register_fake
 def _(grad_out, x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols, lse, kernel_size, heads,
       mask, kernel, needs_grad_x):
-    inputs = (x if needs_grad_x else None, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols)
-    return tuple(x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
-                 for t in inputs)
+    grad_x = x.new_empty(0) if not needs_grad_x else torch.empty_like(x, memory_format=_layer_format(kernel))
+    return (grad_x, *(x.new_empty(0) if t is None else torch.empty_like(t, memory_format=torch.contiguous_format)
+                      for t in (query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols)))
 
 
 _LAYER_INPUTS = ("x", "query_weight", "key_weight", "value_weight", "key_bias", "rel_rows", "rel_cols")
@@ -151,10 +165,13 @@ def _layer_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*tensors, output[1])
     ctx.kernel_size, ctx.heads, ctx.mask, ctx.kernel = kernel_size, heads, mask, kernel
     ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # no zeros for lse's gradient, which backward never reads
 
 
 def _layer_backward(ctx, grad_out, _grad_lse):
     *tensors, lse = ctx.saved_tensors
+    if grad_out is None:  # the output took no part in what was differentiated
+        return (None,) * 11
     needs_grad_x = ctx.needs_input_grad[0]
     grads = local_self_attention_bwd(grad_out, *tensors, lse, ctx.kernel_size, ctx.heads, ctx.mask, ctx.kernel,
                                      needs_grad_x)
@@ -179,13 +196,24 @@ def local_self_attention(
     kernel: str, *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size, heads, key_bias,
     padding,
 ) -> Tensor:
-    """The backends' local_self_attention through the ops, computed in float32 (float64 for
-    float64 inputs). Under autocast the layer answers in autocast's dtype, as the convolutions it
-    replaces do; otherwise in x's."""
-    dtype = fused.compute_dtype(x)
-    tensors = [None if t is None else t.to(dtype)
+    """The backends' local_self_attention through the ops (_layer_dtypes: what it computes and
+    answers in)."""
+    compute, answer = _layer_dtypes(kernel, x)
+    tensors = [None if t is None else t.to(compute)
                for t in (x, query_weight, key_weight, value_weight, key_bias, rel_rows, rel_cols)]
     out, _ = local_self_attention_fwd(*tensors, kernel_size, heads, padding == "mask", kernel)
+    return out.to(answer)
+
+
+def _layer_dtypes(kernel: str, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(the dtype the layer computes in, the dtype it answers in). Under autocast it answers in
+    autocast's dtype, as the convolutions it replaces do, otherwise in x's; it computes in that
+    dtype where the kernel takes it (the triton kernels take bf16 and fp16, on tensor cores),
+    else in float32 (float64 for float64 inputs)."""
     device = x.device.type
-    autocast = torch.is_autocast_enabled(device) and dtype == torch.float32
-    return out.to(torch.get_autocast_dtype(device) if autocast else x.dtype)
+    answer = x.dtype
+    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
+        answer = torch.get_autocast_dtype(device)
+    if answer in _KERNELS[kernel].dtypes:
+        return answer, answer
+    return fused.compute_dtype(x), answer

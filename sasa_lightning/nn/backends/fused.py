@@ -32,6 +32,10 @@ from torch import Tensor
 class Kernel:
     forward: Callable
     backward: Callable
+    # A backend's own whole layer (the triton backend's, built for GPUs), with layer_forward's and
+    # layer_backward's signatures but no kernel argument; None: this module's chunked layer.
+    layer_forward: Callable | None = None
+    layer_backward: Callable | None = None
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
