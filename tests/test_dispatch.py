@@ -1,5 +1,6 @@
 """How a call finds its backend: capability, the per-device priority list, fallback, overrides."""
 
+import importlib.util
 import logging
 import warnings
 
@@ -32,16 +33,18 @@ def test_auto_takes_the_capable_backends_of_the_device_in_order(monkeypatch):
     monkeypatch.delenv("SASA_ATTENTION_BACKEND", raising=False)
     assert functional.candidates("auto", call("cpu")) == ["cpu", "chunked"]
     # can_run looks at the call only, so CUDA calls are planned without a GPU.
-    assert functional.candidates("auto", call("cuda", torch.bfloat16)) == ["triton", "chunked"]
+    if importlib.util.find_spec("triton") is not None:
+        assert functional.candidates("auto", call("cuda", torch.bfloat16)) == ["triton", "flex", "chunked"]
     assert functional.candidates("auto", call("meta")) == ["chunked"]
 
 
 def test_auto_skips_a_backend_that_cannot_run_the_call_and_logs_why(monkeypatch, caplog):
     monkeypatch.delenv("SASA_ATTENTION_BACKEND", raising=False)
     with caplog.at_level(logging.DEBUG, logger="sasa_lightning.nn.functional"):
-        assert functional.candidates("auto", call("cuda", head_dim=128)) == ["chunked"]
-        assert functional.candidates("auto", call("cuda", kernel_size=17)) == ["chunked"]
-        assert functional.candidates("auto", call("cuda", dtype=torch.int8)) == ["chunked"]
+        # flex (which takes them) when triton is installed, as the pinned torch brings it.
+        assert functional.candidates("auto", call("cuda", head_dim=128)) == ["flex", "chunked"]
+        assert functional.candidates("auto", call("cuda", kernel_size=17)) == ["flex", "chunked"]
+        assert functional.candidates("auto", call("cuda", dtype=torch.int8)) == ["flex", "chunked"]
     messages = caplog.text
     assert "'triton' skipped: the triton backend takes head dims up to 64, not 128" in messages
     assert "windows up to 11 in torch.float32, not 17" in messages
@@ -92,3 +95,15 @@ def test_a_named_backend_whose_kernel_fails_raises(monkeypatch, fresh_failures):
     _failing(monkeypatch, "cpu")
     with pytest.raises(KernelFailed, match="did not build"):
         functional.local_attention(*make_inputs(1, 2, 4, 5, 6, 3), 3, backend="cpu")
+
+
+def test_without_triton_a_gpu_falls_back_to_chunked(monkeypatch):
+    """flex compiles to Triton on CUDA: without triton neither it nor the triton backend is
+    planned, and auto takes chunked (with tiles sized for a GPU)."""
+    from sasa_lightning.nn.backends import flex
+
+    monkeypatch.delenv("SASA_ATTENTION_BACKEND", raising=False)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(flex.importlib.util, "find_spec", lambda name: None if name == "triton" else find_spec(name))
+    assert functional.candidates("auto", call("cuda", head_dim=128)) == ["chunked"]
+    assert "triton is not installed" in flex.can_run(call("cuda"))

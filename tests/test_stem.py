@@ -18,14 +18,26 @@ def test_block_attention_is_masked_local_attention_within_each_block(values):
         t = t.view(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 1, 3, 5)
         return t.reshape(-1, heads, dim, 4, 4)
 
-    q = blocks(torch.einsum("oi,bihw->bohw", stem.query, x))
-    k = blocks(torch.einsum("oi,bihw->bohw", stem.key, x))
-    v = blocks(stem._values(x))
-    expected = functional.local_attention(
-        q, k, v, stem.relative.rel_rows, stem.relative.rel_cols, 7, "mask", backend="reference"
-    )
-    expected = expected.reshape(2, 2, 3, 16, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(2, 16, 8, 12)
-    torch.testing.assert_close(stem.attend(x), expected)
+    def reference(x):
+        q = blocks(torch.einsum("oi,bihw->bohw", stem.query, x))
+        k = blocks(torch.einsum("oi,bihw->bohw", stem.key, x))
+        v = blocks(stem._values(x))
+        out = functional.local_attention(
+            q, k, v, stem.relative.rel_rows, stem.relative.rel_cols, 7, "mask", backend="reference"
+        )
+        return out.reshape(2, 2, 3, 16, 4, 4).permute(0, 3, 1, 4, 2, 5).reshape(2, 16, 8, 12)
+
+    def grads(attend):
+        stem.zero_grad()
+        inputs = x.clone().requires_grad_()
+        out = attend(inputs)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+        return [out.detach(), inputs.grad] + [p.grad.clone() for p in stem.parameters() if p.grad is not None]
+
+    got, expected = grads(stem.attend), grads(reference)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):  # the output, and gradients through the augmented product too
+        torch.testing.assert_close(g, e)
 
 
 def test_spatially_aware_values_mix_value_matrices_by_position():

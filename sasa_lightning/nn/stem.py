@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
@@ -60,11 +61,14 @@ class AttentionStem(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.pool = nn.MaxPool2d(block, block)
         offsets = torch.arange(block)
-        # Index of the offset (key - query) + block - 1 for query position i and key position j
-        # of a block flattened row-major.
         row_of, col_of = offsets.repeat_interleave(block), offsets.repeat(block)
-        self.register_buffer("row_offset_index", row_of[None, :] - row_of[:, None] + block - 1, persistent=False)
-        self.register_buffer("col_offset_index", col_of[None, :] - col_of[:, None] + block - 1, persistent=False)
+        # For query position i of a block flattened row-major and key row (column) t: the index of
+        # the offset t - row(i) + block - 1 in the relative embeddings, (block^2, block).
+        self.register_buffer("row_offset_index", offsets[None, :] - row_of[:, None] + block - 1, persistent=False)
+        self.register_buffer("col_offset_index", offsets[None, :] - col_of[:, None] + block - 1, persistent=False)
+        # Each key position's row and column, one-hot: (block^2, 2 block).
+        self.register_buffer("key_position", torch.cat([F.one_hot(row_of, block), F.one_hot(col_of, block)], 1).float(),
+                             persistent=False)
 
     def mixture_weights(self) -> Tensor:
         """p(a, b, m): (block, block, mixtures), a softmax over the mixtures."""
@@ -90,7 +94,13 @@ class AttentionStem(nn.Module):
         return t.permute(0, 1, 3, 5, 4, 6, 2).flatten(4, 5)
 
     def attend(self, x: Tensor) -> Tensor:
-        """The attention part alone: (B, C_in, H, W) -> (B, C_out, H, W)."""
+        """The attention part alone: (B, C_in, H, W) -> (B, C_out, H, W).
+
+        The q.r logits enter as part of one product: a query's row and column logits for each
+        key row and column of its block (U, 2 block values) are appended to q, each key's one-hot
+        row and column to k, so q_aug . k_aug = q.k + q.r_row + q.r_col exactly; the softmax and
+        the weighted sum are then one fused scaled_dot_product_attention (scale 1, eq. 3), on
+        tensor cores on a GPU, with no (block^2 x block^2) logits or gathers kept for backward."""
         batch, _, height, width = x.shape
         if height % self.block or width % self.block:
             raise ConfigError(f"AttentionStem needs H and W divisible by {self.block}, got {height}x{width}")
@@ -98,15 +108,17 @@ class AttentionStem(nn.Module):
         k = self._to_blocks(torch.einsum("oi,bihw->bohw", self.key, x))
         v = self._to_blocks(self._values(x))
         half = q.shape[-1] // 2
-        positions = torch.arange(self.block * self.block, device=x.device)[:, None]
-        row_logits = torch.einsum("bnxyid,nkd->bnxyik", q[..., :half], self.relative.rel_rows)
-        col_logits = torch.einsum("bnxyid,nkd->bnxyik", q[..., half:], self.relative.rel_cols)
-        logits = q @ k.transpose(-1, -2)
-        logits = logits + row_logits[..., positions, self.row_offset_index]
-        logits = logits + col_logits[..., positions, self.col_offset_index]
-        out = logits.softmax(dim=-1) @ v  # (B, heads, H/s, W/s, s*s, head_dim)
+        # (heads, block^2, block, head_dim / 2): for query position i, the embedding of each key row's offset.
+        rows = self.relative.rel_rows[:, self.row_offset_index]
+        cols = self.relative.rel_cols[:, self.col_offset_index]
+        relative = torch.cat([torch.einsum("bnxyid,nitd->bnxyit", q[..., :half], rows),
+                              torch.einsum("bnxyid,nitd->bnxyit", q[..., half:], cols)], -1)
+        key_position = self.key_position.to(k.dtype).expand(*k.shape[:-1], -1)
+        q_aug = torch.cat([q, relative.to(q.dtype)], -1).flatten(1, 3)
+        k_aug = torch.cat([k, key_position], -1).flatten(1, 3)
+        out = F.scaled_dot_product_attention(q_aug, k_aug, v.flatten(1, 3), scale=1.0)
         s = self.block
-        out = out.unflatten(4, (s, s)).permute(0, 1, 6, 2, 4, 3, 5)
+        out = out.unflatten(1, q.shape[1:4]).unflatten(4, (s, s)).permute(0, 1, 6, 2, 4, 3, 5)
         return out.reshape(batch, self.out_channels, height, width)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ On CPU flex has no backward, so this backend serves inference there only.
 from __future__ import annotations
 
 import functools
+import importlib.util
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from . import compiled, reference
 from .call import Call
+from .errors import KernelFailed
 
 TILE = (8, 16)  # rows x columns of pixels per 128-token block
 
@@ -81,6 +83,8 @@ def _compiled_flex_attention():
 def can_run(call: Call) -> str | None:
     if call.device.type == "cpu" and call.needs_grad:
         return "flex_attention has no backward on CPU; train with backend 'cpu' or 'auto' there"
+    if call.device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "flex_attention compiles to Triton on CUDA, and triton is not installed"
     return None
 
 
@@ -109,8 +113,11 @@ def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: s
             return score + row_logits[b, h, q_idx, a] + col_logits[b, h, q_idx, c]
 
     block_mask = _block_mask(height, width, kernel_size, padding == "mask", q.device)
-    out = compiled.run_compiled(_compiled_flex_attention(), query, key, value, score_mod=score_mod,
-                                block_mask=block_mask, scale=1.0)
+    try:
+        out = compiled.run_compiled(_compiled_flex_attention(), query, key, value, score_mod=score_mod,
+                                    block_mask=block_mask, scale=1.0)
+    except torch._dynamo.exc.BackendCompilerFailed as error:  # "auto" goes on with the next backend
+        raise KernelFailed(f"flex_attention did not compile: {str(error).splitlines()[0]}") from error
     out = out[..., :dim].transpose(2, 3).index_select(3, inverse)
     return out.reshape(batch, heads, dim, height, width)
 
