@@ -66,6 +66,18 @@ def test_summary_rejects_an_unknown_table():
     assert "invalid choice: 8" in result.stderr
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no GPU")
+@pytest.mark.parametrize("name", ["triton-tiles", "profile-cuda"])
+def test_the_gpu_benchmarks_refuse_a_machine_without_one_in_one_line(name, tmp_path):
+    """benchmarks/cuda.sh runs them on a GPU; here they say why not, and write nothing."""
+    out = tmp_path / "result.json"
+    result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", "bench", name, "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{name.replace('-', '_')}.py: needs a CUDA GPU; torch sees none here"]
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_layer_benchmark_runs_and_records(tmp_path):
     out = tmp_path / "layer.json"

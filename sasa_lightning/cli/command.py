@@ -138,7 +138,7 @@ def _tools_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks (see benchmarks/)")
     bench.add_argument("name", choices=("layer", "model", "memory", "data", "scaling", "clean_exit", "triton-compile",
-                                        "performance-model"))
+                                        "performance-model", "triton-tiles", "profile-cuda"))
     bench.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     return parser
 

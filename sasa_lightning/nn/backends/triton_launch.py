@@ -27,8 +27,12 @@ KERNELS = ("forward_kernel", "backward_query_kernel", "backward_key_kernel")
 # Query tile (rows, columns) per window size: the halo, (rows + k - 1) x (columns + k - 1), fills
 # its power-of-two block as far as the shapes allow, so that few of the pairs the tensor cores
 # compute fall outside every window (k = 7: 2 x 8 queries, a halo of 8 x 14 in a block of 128,
-# 38 % of the pairs in a window; k = 5: 4 x 4 and 8 x 8 in 64, 39 %).
-TILES = {1: (4, 4), 3: (4, 8), 5: (4, 4), 7: (2, 8), 9: (8, 8), 11: (2, 8), 13: (4, 4), 15: (2, 8)}
+# 38 % of the pairs in a window; k = 5: 4 x 4 and 8 x 8 in 64, 39 %), and the halo block stays
+# at 128 or 256 keys: at 256 the backward kernels spill a few hundred bytes of registers, at 512
+# (k = 15 with 2 x 8) thousands, so k = 9 takes 2 x 4 (a halo of 10 x 12 in 128) and k = 15
+# 2 x 2 (16 x 16), their query blocks padded to 16 (benchmarks/results/triton-compile-sm90.json).
+# Chosen from the compiled code's resources; benchmarks/triton_tiles.py times them on a GPU.
+TILES = {1: (4, 4), 3: (4, 8), 5: (4, 4), 7: (2, 8), 9: (2, 4), 11: (2, 8), 13: (4, 4), 15: (2, 2)}
 # Warps per program, by the block of queries: a warp's tensor-core tile is 16 rows.
 WARPS = {16: 8, 32: 8, 64: 8}
 
