@@ -8,8 +8,10 @@
   kernel_size, heads, key_bias, padding)
 
 fused.py and custom_ops.py are not backends: fused.py computes around the fused kernels (cpu,
-compiled, triton), custom_ops.py makes that the torch.library ops with their autograd, which
-those backends call; triton_kernels.py holds the triton backend's kernels.
+compiled, triton) and holds the CPU's chunked layer path, custom_ops.py makes that the
+torch.library ops with their autograd, which those backends call. The triton backend's parts:
+triton_kernels.py (the kernels), triton_launch.py (tiles, variants, launchers) and
+triton_layer.py (its layer path for GPUs).
 """
 
 from . import chunked, compiled, cpu, flex, reference, triton_attention
