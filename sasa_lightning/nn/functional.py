@@ -19,6 +19,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from .backends import BACKENDS, PRIORITY, Call
 from .backends.errors import BackendUnavailable, KernelFailed
+from .backends.fused import autocast_dtype
 
 PADDING_MODES = ("zeros", "mask")
 BACKEND_NAMES = ("auto", *BACKENDS)
@@ -90,9 +91,9 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
 def _autocast_dtype(x: Tensor) -> torch.dtype:
     """The dtype a layer's float32 input is computed in under autocast (the backends' custom ops
     cast to it where their kernels take it); otherwise x's."""
-    device = x.device.type
-    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
+    autocast = autocast_dtype(x.device.type)
+    if x.dtype == torch.float32 and autocast is not None:
+        return autocast
     return x.dtype
 
 

@@ -210,10 +210,10 @@ def _layer_dtypes(kernel: str, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
     autocast's dtype, as the convolutions it replaces do, otherwise in x's; it computes in that
     dtype where the kernel takes it (the triton kernels take bf16 and fp16, on tensor cores),
     else in float32 (float64 for float64 inputs)."""
-    device = x.device.type
     answer = x.dtype
-    if torch.is_autocast_enabled(device) and x.dtype != torch.float64:
-        answer = torch.get_autocast_dtype(device)
+    autocast = fused.autocast_dtype(x.device.type)
+    if autocast is not None and x.dtype != torch.float64:
+        answer = autocast
     if answer in _KERNELS[kernel].dtypes:
         return answer, answer
     return fused.compute_dtype(x), answer

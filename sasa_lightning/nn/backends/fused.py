@@ -38,6 +38,14 @@ class Kernel:
     layer_backward: Callable | None = None
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """Autocast's dtype where it is on for this device type, else None. Devices without autocast
+    (meta, on which the complexity counter runs the models) ask torch nothing: it raises for them."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
 def compute_dtype(t: Tensor) -> torch.dtype:
     """What the layer's projections compute in: float32, or float64 for float64 inputs (the tests' precision)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
