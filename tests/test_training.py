@@ -116,6 +116,23 @@ def test_finetune_from_a_checkpoint_with_another_head(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_limit_train_batches_1_trains_one_batch_per_epoch(tmp_path, capsys):
+    """Lightning types the limits `float | int`; parsed float first, `1` would be 1.0, every batch."""
+    import yaml
+
+    config = tmp_path / "limits.yaml"
+    config.write_text("trainer:\n  limit_train_batches: 1\n  limit_val_batches: 1\n")
+    with pytest.raises(SystemExit):
+        main(["fit", *QUICK, "--config", str(config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert (printed["limit_train_batches"], printed["limit_val_batches"]) == (1, 1)
+    assert isinstance(printed["limit_train_batches"], int)
+    fit(tmp_path, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert "(2 epochs, 2 steps)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     fit(tmp_path, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed", "--trainer.limit_train_batches", "2")
     state = last_state(tmp_path)

@@ -34,6 +34,7 @@ from .prediction_writer import PredictionWriter
 from .progress import LineProgress
 from .run_history import mark_continuation, run_history
 from .throughput import Throughput
+from .trainer import Trainer
 
 
 # Model options set from the data module when the classes are built (add_arguments_to_parser).
@@ -105,6 +106,7 @@ class SasaCLI(LightningCLI):
         super().__init__(
             model_class=L.LightningModule,
             datamodule_class=L.LightningDataModule,
+            trainer_class=Trainer,
             subclass_mode_model=True,
             subclass_mode_data=True,
             trainer_defaults={
