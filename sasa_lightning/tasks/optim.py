@@ -60,10 +60,19 @@ class ScaledLearningRate:
 
 
 def global_batch_size(trainer) -> int:
-    """Images per optimiser step: per-device batch x devices x gradient accumulation."""
+    """Images per optimiser step: per-device batch x devices x gradient accumulation.
+
+    The per-device batch is the data module's batch_size, or, for `trainer.fit(task, loader)`
+    without one, the train DataLoader's (its batch sampler's, where it was given one)."""
     per_device = getattr(trainer.datamodule, "batch_size", None)
+    if per_device is None and trainer.datamodule is None:
+        trainer.estimated_stepping_batches  # loads the train data: train_dataloader is set after
+        loader = trainer.train_dataloader
+        per_device = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
     if per_device is None:
-        raise ConfigError("the data module must have a batch_size attribute (images per device) to scale the learning rate")
+        raise ConfigError("the learning rate is scaled by the batch size, and neither the data module nor the train "
+                          "DataLoader has one: give the data module a batch_size attribute (images per device), or "
+                          "train from a DataLoader made with batch_size")
     return per_device * trainer.world_size * trainer.accumulate_grad_batches
 
 
