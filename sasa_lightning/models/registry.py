@@ -57,61 +57,57 @@ def _sasa(depth: int, overrides: dict) -> ResNet:
     return ResNet(ResNetConfig(RESNET_BLOCKS[depth], **{"attention_stages": ALL_STAGES, **overrides}))
 
 
-classifier = register_model(ResNetConfig, fixed=("blocks",))
-detector = register_model(RetinaNetConfig)
-
-
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def resnet26(**overrides: Any) -> ResNet:
     """The paper's conv baseline ResNet-26: bottleneck blocks 1-2-4-1, 3x3 convolutions, conv stem."""
     return _conv(26, overrides)
 
 
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def resnet38(**overrides: Any) -> ResNet:
     """The paper's conv baseline ResNet-38: bottleneck blocks 2-3-5-2."""
     return _conv(38, overrides)
 
 
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def resnet50(**overrides: Any) -> ResNet:
     """The paper's conv baseline ResNet-50 (v1.5, as torchvision's): bottleneck blocks 3-4-6-3."""
     return _conv(50, overrides)
 
 
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def sasa_resnet26(**overrides: Any) -> ResNet:
     """ResNet-26 with local self-attention (k = 7, 8 heads) in place of every 3x3 conv, conv stem
     (stem="attention": the paper's full-attention model)."""
     return _sasa(26, overrides)
 
 
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def sasa_resnet38(**overrides: Any) -> ResNet:
     """ResNet-38 with local self-attention in every stage (as sasa_resnet26)."""
     return _sasa(38, overrides)
 
 
-@classifier
+@register_model(ResNetConfig, fixed=("blocks",))
 def sasa_resnet50(**overrides: Any) -> ResNet:
     """ResNet-50 with local self-attention in every stage (as sasa_resnet26); attention_stages
     picks the stages (paper Table 3)."""
     return _sasa(50, overrides)
 
 
-@detector
+@register_model(RetinaNetConfig)
 def retinanet_resnet50(**overrides: Any) -> RetinaNet:
     """The paper's conv RetinaNet: ResNet-50 body, FPN P3-P7 and heads of 256 channels (Table 2)."""
     return retinanet_resnet(50, attention=False, config=RetinaNetConfig(**overrides))
 
 
-@detector
+@register_model(RetinaNetConfig)
 def retinanet_sasa_resnet50(**overrides: Any) -> RetinaNet:
     """RetinaNet on SASA-ResNet-50; stem, fpn and heads="attention" make the other rows of Table 2."""
     return retinanet_resnet(50, attention=True, config=RetinaNetConfig(**overrides))
 
 
-@detector
+@register_model(RetinaNetConfig)
 def retinanet_sasa_resnet26(**overrides: Any) -> RetinaNet:
     """RetinaNet on SASA-ResNet-26: with base_width 16 and 32 channels, the shapes demo's small detector."""
     return retinanet_resnet(26, attention=True, config=RetinaNetConfig(**overrides))
