@@ -22,6 +22,21 @@ def fresh_failures(monkeypatch):
     monkeypatch.setattr(functional, "_FAILED", {})
 
 
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_backend_module_has_the_contract_s_functions_with_its_parameters(name):
+    """contract.Backend, read against each module: the same names, keyword-only where it says so."""
+    import inspect
+
+    from sasa_lightning.nn.backends.contract import Backend
+
+    module = BACKENDS[name]
+    for function in ("can_run", "local_attention", "local_self_attention"):
+        promised = list(inspect.signature(getattr(Backend, function)).parameters.values())[1:]  # less self
+        given = inspect.signature(getattr(module, function)).parameters.values()
+        assert inspect.isfunction(getattr(module, function)), f"{name}.{function} is not a def"
+        assert [(p.name, p.kind) for p in given] == [(p.name, p.kind) for p in promised], f"{name}.{function}"
+
+
 def test_every_backend_says_what_it_can_run():
     assert all(callable(module.can_run) for module in BACKENDS.values())
     for device_type, names in PRIORITY.items():

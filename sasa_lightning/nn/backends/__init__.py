@@ -1,11 +1,5 @@
-"""Implementations of local attention, one module each, all with the same interface:
-
-- can_run(call: Call) -> str | None: None, or why it cannot run such a call here (device, dtype,
-  gradients, head dim, kernel size). It builds and compiles nothing: a kernel that fails to build
-  or compile on first use raises KernelFailed from the call itself.
-- local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size, padding)
-- local_self_attention(*, x, query_weight, key_weight, value_weight, rel_rows, rel_cols,
-  kernel_size, heads, key_bias, padding)
+"""Implementations of local attention, one module each, every one a contract.Backend: can_run(call),
+local_attention(*, q, k, v, ...) and local_self_attention(*, x, weights, ...).
 
 fused.py and custom_ops.py are not backends: fused.py computes around the fused kernels (cpu,
 compiled, triton) and holds the CPU's chunked layer path, custom_ops.py makes that the
@@ -16,8 +10,9 @@ triton_layer.py (its layer path for GPUs).
 
 from . import chunked, compiled, cpu, flex, reference, triton_attention
 from .call import Call
+from .contract import Backend
 
-BACKENDS = {
+BACKENDS: dict[str, Backend] = {
     "reference": reference, "chunked": chunked, "cpu": cpu, "compiled": compiled, "flex": flex,
     "triton": triton_attention,
 }
@@ -29,4 +24,4 @@ BACKENDS = {
 # chunked's 2.4 s (issue 23's table, before chunked's GPU-sized tiles).
 PRIORITY = {"cpu": ("cpu", "chunked"), "cuda": ("triton", "flex", "chunked"), "other": ("chunked",)}
 
-__all__ = ["BACKENDS", "PRIORITY", "Call"]
+__all__ = ["BACKENDS", "PRIORITY", "Backend", "Call"]

@@ -162,5 +162,14 @@ def can_run(call: Call) -> str | None:
 
 custom_ops.register_kernel("compiled", lambda: KERNEL)
 
-local_attention = functools.partial(custom_ops.local_attention, "compiled")
-local_self_attention = functools.partial(custom_ops.local_self_attention, "compiled")
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
+    return custom_ops.local_attention("compiled", q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols,
+                                      kernel_size=kernel_size, padding=padding)
+
+
+def local_self_attention(
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size: int, heads: int, key_bias, padding: str
+) -> Tensor:
+    return custom_ops.local_self_attention(
+        "compiled", x=x, query_weight=query_weight, key_weight=key_weight, value_weight=value_weight, rel_rows=rel_rows,
+        rel_cols=rel_cols, kernel_size=kernel_size, heads=heads, key_bias=key_bias, padding=padding)

@@ -14,7 +14,6 @@ Triton is imported), on CPU tensors: that is how the tests check them against th
 
 from __future__ import annotations
 
-import functools
 
 import torch
 from torch import Tensor
@@ -101,5 +100,14 @@ def layer_backward(grad_out, x, query_weight, key_weight, value_weight, key_bias
 KERNEL = fused.Kernel(forward=forward, backward=backward, layer_forward=layer_forward, layer_backward=layer_backward)
 custom_ops.register_kernel("triton", lambda: KERNEL, DTYPES, channels_last=True)
 
-local_attention = functools.partial(custom_ops.local_attention, "triton")
-local_self_attention = functools.partial(custom_ops.local_self_attention, "triton")
+def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: str) -> Tensor:
+    return custom_ops.local_attention("triton", q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols,
+                                      kernel_size=kernel_size, padding=padding)
+
+
+def local_self_attention(
+    *, x, query_weight, key_weight, value_weight, rel_rows, rel_cols, kernel_size: int, heads: int, key_bias, padding: str
+) -> Tensor:
+    return custom_ops.local_self_attention(
+        "triton", x=x, query_weight=query_weight, key_weight=key_weight, value_weight=value_weight, rel_rows=rel_rows,
+        rel_cols=rel_cols, kernel_size=kernel_size, heads=heads, key_bias=key_bias, padding=padding)
