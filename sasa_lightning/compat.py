@@ -1,14 +1,15 @@
 """Every use of another library's private or internal API, in one place.
 
-The package reaches into Lightning's loop progress and accelerator connector, FFCV's Loader,
-epoch iterator, memory manager and writer, torchvision's transform helpers and torch's batch-norm
-base class and compiler settings, where no public API says what it needs. Each such name is in
-PRIVATE_APIS, and tests/test_compat.py checks every one against the installed (pinned) versions,
-failing with the name of the one that moved; the accessors below are how the package reads them.
-Subclasses that override a private method (SasaCLI, DeepSpeedStrategy, JoinedEpochIterator,
-GuardedDatasetWriter) and the FFCV memory-manager patch (data/ffcv_loader.py) keep their code
-where it belongs, and their private names are listed here.
-"""
+The package reaches into Lightning's loop progress, accelerator connector and CLI config, FFCV's
+Loader, epoch iterator, memory manager and writer, torchvision's transform helpers, torch's
+batch-norm base class, compiler settings and compile error, and jsonargparse's (argparse's)
+option tables, where no public API says what it needs. Each such name is in PRIVATE_APIS, and
+tests/test_compat.py checks every one against the installed (pinned) versions, failing with the
+name of the one that moved, and reads the package's code for private names that are not listed;
+the accessors below are how the package reads them. Subclasses that override or call a private
+method (SasaCLI, DeepSpeedStrategy, JoinedEpochIterator, GuardedDatasetWriter) and the FFCV
+memory-manager patch (data/ffcv_loader.py) keep their code where it belongs, and their private
+names are listed here."""
 
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     PrivateAPI("lightning.pytorch.cli", "LightningCLI._parse_ckpt_path"),
     PrivateAPI("lightning.pytorch.cli", "LightningCLI._instantiate_trainer"),
     PrivateAPI("lightning.pytorch.strategies", "DeepSpeedStrategy._format_config"),
+    # Lightning: called by SasaCLI (the parsed config's values) and DeepSpeedStrategy (its process group on CPU).
+    PrivateAPI("lightning.pytorch.cli", "LightningCLI._get"),
+    PrivateAPI("lightning.pytorch.strategies", "DeepSpeedStrategy._init_deepspeed_distributed"),
+    # jsonargparse and argparse: the options a parser knows, for an argument error's "did you
+    # mean" (option_strings below, cli/argument_errors.py).
+    *_instance("jsonargparse", "ArgumentParser", "_subcommands_action"),
+    *_instance("argparse", "_SubParsersAction", "_name_parser_map"),
+    *_instance("argparse", "_ActionsContainer", "_option_string_actions"),
     # FFCV: an epoch started at a given epoch and batch (start_ffcv_epoch below).
     PrivateAPI("ffcv.loader", "Loader.next_traversal_order"),
     PrivateAPI("ffcv.loader", "Loader.generate_code"),
@@ -68,12 +77,22 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     # torchvision: a v2 transform's input size and kernel dispatch (data/coco_module.py).
     PrivateAPI("torchvision.transforms.v2._utils", "query_size"),
     PrivateAPI("torchvision.transforms.v2", "Transform._call_kernel"),
-    # torch: every batch norm's base class (tasks/classification.py), compiler settings (backends/compiled.py).
+    # torch: every batch norm's base class (tasks/classification.py), compiler settings (backends/compiled.py),
+    # the error of a compile that failed (backends/flex.py).
     PrivateAPI("torch.nn.modules.batchnorm", "_BatchNorm"),
+    PrivateAPI("torch._dynamo.exc", "BackendCompilerFailed"),
     PrivateAPI("torch._dynamo.config", "recompile_limit"),
     PrivateAPI("torch._dynamo.config", "fail_on_recompile_limit_hit"),
     PrivateAPI("torch.fx.experimental._config", "use_duck_shape"),
 )
+
+
+def option_strings(parser, subcommand: str | None) -> list[str]:
+    """The option strings (--trainer.max_epochs, ...) a jsonargparse parser and its subcommand's parser know."""
+    action = getattr(parser, "_subcommands_action", None)
+    subparser = action._name_parser_map.get(subcommand) if action is not None and subcommand else None
+    return [option for candidate in (subparser, parser) if candidate is not None
+            for option in candidate._option_string_actions]
 
 
 def batches_done(trainer) -> int:
@@ -111,6 +130,13 @@ def compiler_settings(dynamo: dict, shapes: dict) -> Iterator[None]:
 
     with torch._dynamo.config.patch(**dynamo), shape_config.patch(**shapes):
         yield
+
+
+def compile_failed() -> type[Exception]:
+    """What torch.compile raises when its backend (inductor) fails to compile a graph."""
+    import torch._dynamo.exc
+
+    return torch._dynamo.exc.BackendCompilerFailed
 
 
 def start_ffcv_epoch(loader, epoch: int, start: int):

@@ -5,22 +5,17 @@ from __future__ import annotations
 import difflib
 import re
 
+from ..compat import option_strings
+
 TRAINER_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _keys(parser, subcommand: str | None) -> list[str]:
     """Every dotted option the subcommand's parser knows (init_args of a class chosen by the config
     are known only once it is chosen, so they are not all here)."""
-    action = getattr(parser, "_subcommands_action", None)
-    subparser = action._name_parser_map.get(subcommand) if action is not None and subcommand else None
-    keys = set()
-    for candidate in (subparser, parser):
-        if candidate is None:
-            continue
-        for option in candidate._option_string_actions:
-            if option.startswith("--") and option not in ("--help", "--config", "--print_config"):
-                keys.add(option[2:])
-    return sorted(keys)
+    options = option_strings(parser, subcommand)
+    return sorted({option[2:] for option in options if option.startswith("--")
+                   and option not in ("--help", "--config", "--print_config")})
 
 
 def _config_files(args: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...compat import compile_failed
 from . import compiled, reference
 from .call import Call
 from .errors import KernelFailed
@@ -116,7 +117,7 @@ def local_attention(*, q, k, v, rel_rows, rel_cols, kernel_size: int, padding: s
     try:
         out = compiled.run_compiled(_compiled_flex_attention(), query, key, value, score_mod=score_mod,
                                     block_mask=block_mask, scale=1.0)
-    except torch._dynamo.exc.BackendCompilerFailed as error:  # "auto" goes on with the next backend
+    except compile_failed() as error:  # "auto" goes on with the next backend
         raise KernelFailed(f"flex_attention did not compile: {str(error).splitlines()[0]}") from error
     out = out[..., :dim].transpose(2, 3).index_select(3, inverse)
     return out.reshape(batch, heads, dim, height, width)
