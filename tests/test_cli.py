@@ -156,6 +156,7 @@ def test_write_ffcv_command(tmp_path, capsys):
     from sasa_lightning.data.ffcv_imagenet import check_beton
 
     assert check_beton(out) == 6
+    assert "written 6 images in" in capsys.readouterr().err  # stderr is no terminal here: lines, not a bar
     assert main(["data", "write-ffcv", "--src", str(tmp_path / "missing"), "--out", str(tmp_path / "x.beton")]) == 2
     assert main([*args[:-4], "--jpeg-quality", "0"]) == 2
     err = capsys.readouterr().err

@@ -44,6 +44,23 @@ def test_writer_stores_every_image_and_label(betons):
     assert sorted(labels.tolist()) == [0] * 6 + [1] * 6 + [2] * 6
 
 
+def test_write_progress_prints_lines_in_a_log_and_a_last_line(monkeypatch):
+    import io
+
+    from sasa_lightning.data import write_progress
+
+    clock = iter([0.0, 10.0, 20.0, 40.0, 41.0])
+    monkeypatch.setattr(write_progress.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()  # not a terminal: a log file, as SLURM's output is
+    progress = write_progress.WriteProgress(3000, every_seconds=15.0, stream=log)
+    progress.update(500)  # at 10 s: not yet a line
+    progress.update(1000)  # at 20 s
+    progress.update(3000)  # at 40 s: done, the last line says so
+    progress.close()
+    assert log.getvalue().splitlines() == ["written 1,000/3,000 images  50 images/s  40 s left",
+                                           "written 3,000 images in 41.0 s (73 images/s)"]
+
+
 def test_interrupted_write_leaves_no_file(betons, monkeypatch):
     from ffcv.writer import DatasetWriter
 

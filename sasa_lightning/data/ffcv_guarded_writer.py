@@ -23,6 +23,7 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter
 
 from .errors import DataError
+from .write_progress import WriteProgress
 
 POLL_SECONDS = 0.1
 
@@ -71,8 +72,6 @@ def _raise_reported(kind: str, code: int | None, message: str, filename: str | N
 
 class GuardedDatasetWriter(DatasetWriter):
     def _write_common(self, num_samples, queue_content, work_fn, extra_worker_args):
-        from tqdm import tqdm
-
         self.num_samples = num_samples
         self.prepare()
         try:
@@ -91,7 +90,7 @@ class GuardedDatasetWriter(DatasetWriter):
             try:
                 for process in processes:
                     process.start()
-                allocation_list = self._wait(processes, report, allocations_queue, done_number, tqdm)
+                allocation_list = self._wait(processes, report, allocations_queue, done_number)
             finally:
                 for process in processes:
                     if process.is_alive():
@@ -104,9 +103,9 @@ class GuardedDatasetWriter(DatasetWriter):
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
-    def _wait(self, processes, report, allocations_queue, done_number, tqdm) -> list:
+    def _wait(self, processes, report, allocations_queue, done_number) -> list:
         """The workers' allocations once all samples are written; the first worker's error if one dies."""
-        progress = tqdm(total=self.num_samples, disable=None)  # a bar in a terminal, nothing in a log file
+        progress = WriteProgress(self.num_samples)
         allocations, finished = [], 0
         try:
             while finished < len(processes):
@@ -123,7 +122,7 @@ class GuardedDatasetWriter(DatasetWriter):
                         if report.empty():
                             code = next(p.exitcode for p in processes if p.exitcode not in (None, 0))
                             raise WorkerFailed(f"an FFCV writer worker ended with exit code {code} without a report")
-                progress.update(done_number.value - progress.n)
+                progress.update(done_number.value)
         finally:
             progress.close()
         return allocations
