@@ -103,3 +103,21 @@ def test_fewer_training_images_than_a_batch_is_one_line(tmp_path):
     root = make_shapes(tmp_path / "shapes", train_images=2, val_images=1, image_size=64)
     with pytest.raises(DataError, match="train2017 has 2 images, fewer than one batch of 4"):
         COCODetectionData(str(root), batch_size=4).setup("fit")
+
+
+def test_images_decode_without_deprecated_apis_and_a_broken_one_is_one_line(tmp_path):
+    import warnings
+
+    from sasa_lightning.data.coco import CocoDetection
+
+    path = write_coco(tmp_path, [{"image_id": 1, "category_id": 7, "bbox": [10, 5, 20, 10]}],
+                      images=((1, 64, 48), (2, 48, 64), (3, 32, 32)))
+    (tmp_path / "val2017" / "3.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    index = load_coco(path, tmp_path / "val2017")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision's decode_image warned of its deprecation on every image
+        image, _ = CocoDetection(index)[0]
+    assert image.shape == (3, 48, 64) and image.dtype == torch.float32
+    assert image[0].mean().item() == pytest.approx(40 / 255, abs=0.02)  # the colour write_coco drew, RGB order
+    with pytest.raises(DataError, match=r"image '.*3\.jpg' cannot be read .*; remove or replace it"):
+        CocoDetection(index)[2]

@@ -16,14 +16,12 @@ def require_path(path, what: str) -> None:
 
 
 def read_rgb(path) -> "torch.Tensor":
-    """A uint8 CHW RGB image decoded by torchvision; DataError naming the file if it does not decode."""
-    from torchvision.io import ImageReadMode, decode_image
+    """A uint8 CHW RGB image, decoded by PIL (torchvision's decode_image is deprecated since 0.29
+    in favour of TorchCodec, which the classification data does not need either); DataError
+    naming the file if it does not decode."""
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
-    try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"image {str(path)!r} cannot be read ({reason}); remove or replace it") from None
+    return pil_to_tensor(open_pil_rgb(path))
 
 
 def open_pil_rgb(path):
