@@ -46,6 +46,8 @@ PRIVATE_APIS: tuple[PrivateAPI, ...] = (
     *_instance("lightning.pytorch.trainer.trainer", "Trainer", "_accelerator_connector"),
     *_instance("lightning.pytorch.trainer.connectors.accelerator_connector", "_AcceleratorConnector",
                "cluster_environment"),
+    # Lightning: the model summary's table, drawn without its FLOPs line (cli/model_summary.py).
+    PrivateAPI("lightning.pytorch.utilities.model_summary.model_summary", "_format_summary_table"),
     # Lightning: overridden by SasaCLI (cli/lightning_cli.py) and DeepSpeedStrategy (distributed/deepspeed.py).
     PrivateAPI("lightning.pytorch.cli", "LightningCLI._parse_ckpt_path"),
     PrivateAPI("lightning.pytorch.cli", "LightningCLI._instantiate_trainer"),
@@ -93,6 +95,17 @@ def option_strings(parser, subcommand: str | None) -> list[str]:
     subparser = action._name_parser_map.get(subcommand) if action is not None and subcommand else None
     return [option for candidate in (subparser, parser) if candidate is not None
             for option in candidate._option_string_actions]
+
+
+def summary_table_without_flops(total_parameters: int, trainable_parameters: int, model_size: float,
+                                total_training_modes: dict, columns: list) -> str:
+    """Lightning's model summary table for these columns, less its last line ("Total Flops")."""
+    from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+    table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns)
+    lines = table.splitlines()
+    assert lines[-1].endswith("Total Flops"), lines[-1]  # the table's layout changed: adapt the line taken off
+    return "\n".join(lines[:-1])
 
 
 def batches_done(trainer) -> int:

@@ -238,7 +238,8 @@ def test_the_trainer_writes_checkpoints_atomically(tmp_path):
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
-DEFAULT_SECTIONS = ("best_checkpoint", "last_checkpoint", "lr_monitor", "progress", "throughput", "preemption", "predictions")
+DEFAULT_SECTIONS = ("best_checkpoint", "last_checkpoint", "lr_monitor", "progress", "throughput", "preemption", "predictions",
+                    "model_summary")
 
 
 def test_print_config_shows_the_default_callbacks(capsys):
@@ -274,6 +275,18 @@ def test_default_callback_sections_configure_the_run(tmp_path):
     assert next(c for c in trainer.callbacks if type(c).__name__ == "LineProgress").every_seconds == 5
 
 
+def test_the_model_summary_counts_parameters_and_shows_no_flops_it_cannot_count(tmp_path, caplog):
+    import logging
+
+    from sasa_lightning.cli.lightning_cli import SasaCLI
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.callbacks.model_summary"):
+        SasaCLI(["fit", *QUICK, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path),
+                 "--trainer.enable_model_summary", "true"])
+    assert "Total params" in caplog.text and "| model " in caplog.text
+    assert "FLOPs" not in caplog.text and "Total Flops" not in caplog.text
+
+
 def test_checkpointing_and_logging_can_be_switched_off(tmp_path):
     from sasa_lightning.cli.lightning_cli import SasaCLI
 
@@ -281,4 +294,5 @@ def test_checkpointing_and_logging_can_be_switched_off(tmp_path):
                        "--trainer.enable_checkpointing", "false", "--trainer.logger", "false"]).trainer
     assert trainer.checkpoint_callbacks == [] and trainer.logger is None
     assert "LearningRateMonitor" not in kinds(trainer) and "Preemption" in kinds(trainer)
+    assert "ModelSummary" not in kinds(trainer)  # QUICK's --trainer.enable_model_summary false
     assert not (tmp_path / "checkpoints").exists()

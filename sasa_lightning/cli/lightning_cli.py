@@ -30,6 +30,7 @@ from ..tasks.weights import CheckpointError
 from .argument_errors import TRAINER_COMMANDS, explain_argument_error
 from .checkpoint_check import RUN_OPTIONS, checkpoint_hparams, refuse_contradictions
 from .checkpoint_io import AtomicCheckpointIO
+from .model_summary import ModelSummary
 from .prediction_writer import PredictionWriter
 from .progress import LineProgress
 from .run_history import mark_continuation, run_history
@@ -50,7 +51,8 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 # the task's reported.best metric while its monitor is left null; `last_checkpoint` rewrites last.ckpt
 # after every epoch (ModelCheckpoint's own save_last only follows its top-k saves, so on a plateau
 # it would leave last.ckpt behind); `preemption` turns SIGUSR1 into last-preempted.ckpt (and a
-# SLURM requeue); `predictions` writes what `sasa predict` predicts (`--predictions.draw true`).
+# SLURM requeue); `predictions` writes what `sasa predict` predicts (`--predictions.draw true`);
+# `model_summary` is Lightning's table without the FLOPs it cannot count (cli/model_summary.py).
 DEFAULT_CALLBACKS = {
     "best_checkpoint": (ModelCheckpoint, {"mode": "max", "auto_insert_metric_name": False}),
     "last_checkpoint": (ModelCheckpoint, {"filename": "last", "save_top_k": 1, "enable_version_counter": False}),
@@ -59,6 +61,7 @@ DEFAULT_CALLBACKS = {
     "throughput": (Throughput, {}),
     "preemption": (Preemption, {}),
     "predictions": (PredictionWriter, {}),
+    "model_summary": (ModelSummary, {}),
 }
 
 
@@ -195,9 +198,11 @@ class SasaCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict, callbacks: list) -> L.Trainer:
         # Lightning refuses checkpoint callbacks with checkpointing off, and a learning-rate
-        # monitor without a logger; the default sections give way to those choices.
+        # monitor without a logger, and would draw a summary it was told not to; the default
+        # sections give way to those choices.
         unwanted = tuple(kind for kind, off in ((ModelCheckpoint, config.get("enable_checkpointing") is False),
-                                                (LearningRateMonitor, config.get("logger") is False)) if off)
+                                                (LearningRateMonitor, config.get("logger") is False),
+                                                (ModelSummary, config.get("enable_model_summary") is False)) if off)
         return super()._instantiate_trainer(config, [c for c in callbacks if not isinstance(c, unwanted)])
 
     def before_fit(self) -> None:
