@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sasa_lightning.cli.command import TRAINER_COMMANDS, _tools_parser, main
+from sasa_lightning.cli.command import TRAINER_COMMANDS, main
+from sasa_lightning.cli.tools_parser import tools_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "slurm" / "README.md", ROOT / "benchmarks" / "README.md",
@@ -102,7 +103,7 @@ def test_every_documented_command_parses(command, capsys, monkeypatch):
         assert exit_.value.code in (0, None), capsys.readouterr().err[-2000:]
         assert "class_path: sasa_lightning.tasks." in capsys.readouterr().out
     else:
-        _tools_parser().parse_args(argv)
+        tools_parser().parse_args(argv)
 
 
 def test_the_docs_show_commands():
