@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An option or config value that is out of range or unknown."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used, with what would be right."""

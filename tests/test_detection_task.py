@@ -15,7 +15,8 @@ from sasa_lightning.cli import main
 from sasa_lightning.data.shapes import make_shapes
 from sasa_lightning.models import create_model
 from sasa_lightning.tasks.detection import _mean_average_precision
-from sasa_lightning.tasks.weights import CheckpointError, load_backbone
+from sasa_lightning.checkpoint import load_backbone
+from sasa_lightning.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs/demo/shapes_retinanet.yaml")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from sasa_lightning.cli import main
 from sasa_lightning.data.digits import DIGITS_MEAN, DIGITS_STD
-from sasa_lightning.cli.export import load_classifier
+from sasa_lightning.checkpoint import load_classifier
 from sasa_lightning.models import create_model
 
 pytestmark = pytest.mark.slow

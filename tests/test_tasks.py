@@ -7,9 +7,10 @@ import torch
 
 from sasa_lightning.models import create_model
 from sasa_lightning.nn import AttentionStem, LocalSelfAttention2d
-from sasa_lightning.tasks import EMA, CheckpointError
+from sasa_lightning.errors import CheckpointError
+from sasa_lightning.tasks import EMA
 from sasa_lightning.tasks.optim import parameter_groups, scaled_learning_rate, warmup_cosine
-from sasa_lightning.tasks.weights import load_for_finetuning
+from sasa_lightning.checkpoint import load_for_finetuning
 
 
 def test_no_weight_decay_on_norms_biases_and_position_embeddings():

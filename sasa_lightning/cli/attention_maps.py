@@ -38,24 +38,15 @@ def load_network(checkpoint: str | os.PathLike) -> tuple[nn.Module, bool, tuple 
     """(the network the maps are drawn from, whether it is a classifier, the (mean, std) the
     checkpoint knows): a classifier's ResNet, or a detector's backbone body, with the inference
     (EMA) weights."""
-    from ..models import create_model
-    from ..tasks.weights import CheckpointError, read_checkpoint
-    from .export import classifier_from, readable_checkpoint
+    from ..checkpoint import classifier_from, detector_from, is_detector, read_checkpoint, readable_checkpoint
 
     with readable_checkpoint(checkpoint) as file:
         state = read_checkpoint(file)
-    hparams = state.get("hyper_parameters") or {}
-    name = str(hparams.get("model", ""))
-    if not name.startswith("retinanet"):
+    if not is_detector(state.get("hyper_parameters") or {}):
         return classifier_from(state, checkpoint), True, None
-    detector = create_model(name, num_classes=hparams.get("num_classes", 80), **(hparams.get("model_options") or {}))
-    weights = {k[len("model."):]: v for k, v in state.get("state_dict", {}).items() if k.startswith("model.")}
-    result = detector.load_state_dict(weights, strict=False)
-    if result.missing_keys:
-        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not hold the weights of its own model {name}: "
-                              f"missing {result.missing_keys[:3]}")
+    detector = detector_from(state, checkpoint)
     normalisation = (tuple(detector.transform.image_mean), tuple(detector.transform.image_std))
-    return detector.backbone.body.eval(), False, normalisation
+    return detector.backbone.body, False, normalisation
 
 
 def attention_layers(network: nn.Module) -> dict[str, LocalSelfAttention2d]:

@@ -1,32 +1,16 @@
-"""What a --ckpt_path holds, read safely, and whether it is the run the command line describes."""
+"""Whether a --ckpt_path is of the run the command line describes (its hyper-parameters: checkpoint.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ..tasks.weights import CheckpointError, read_checkpoint
+from ..errors import CheckpointError
 
 # Keys Lightning's CLI adds to hyper-parameters, not options of the task.
 CLI_KEYS = ("_class_path", "_instantiator")
 # Task options that say how the model runs, not what it computes: the command line decides them,
 # also when it resumes or evaluates a checkpoint saved with others.
 RUN_OPTIONS = ("compile", "channels_last")
-
-
-def checkpoint_hparams(path: str) -> dict[str, Any]:
-    """The hyper-parameters saved in a Lightning checkpoint file or a DeepSpeed checkpoint directory."""
-    checkpoint = Path(path)
-    if checkpoint.is_dir():
-        from ..distributed.safe_load import check_deepspeed_checkpoint
-
-        state = check_deepspeed_checkpoint(checkpoint)
-    else:
-        state = read_checkpoint(checkpoint)
-    hparams = state.get("hyper_parameters", {})
-    if not isinstance(hparams, dict):
-        raise CheckpointError(f"checkpoint {path!r} holds hyper-parameters of type {type(hparams).__name__}, not a dict")
-    return hparams
 
 
 def _plain(value: Any) -> Any:

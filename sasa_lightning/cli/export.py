@@ -16,58 +16,15 @@ Each file is written under a temporary name and renamed, so a failed export leav
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..atomic import atomic_write, make_parent
+from ..checkpoint import inference_weights, load_classifier, read_checkpoint, readable_checkpoint
 from ..errors import ConfigError
-from ..models import create_model
-from ..tasks.weights import CheckpointError, inference_weights, read_checkpoint
 
 OPSET = 18
-
-
-@contextmanager
-def readable_checkpoint(path: str | os.PathLike):
-    """The checkpoint as one file: itself, or a DeepSpeed directory consolidated into a temporary one."""
-    path = Path(path)
-    if not path.is_dir():
-        yield path
-        return
-    from ..distributed.export import export_deepspeed_checkpoint
-
-    with tempfile.TemporaryDirectory() as scratch:
-        yield export_deepspeed_checkpoint(path, Path(scratch) / "consolidated.ckpt")
-
-
-def load_classifier(path: str | os.PathLike, **overrides) -> nn.Module:
-    """The checkpoint's classifier in eval mode, with its inference (EMA) weights; `overrides`
-    go to create_model (such as backend="reference")."""
-    with readable_checkpoint(path) as file:
-        return classifier_from(read_checkpoint(file), path, **overrides)
-
-
-def classifier_from(checkpoint: dict, path: str | os.PathLike, **overrides) -> nn.Module:
-    """load_classifier for a checkpoint already read from `path`."""
-    hparams = checkpoint.get("hyper_parameters") or {}
-    name = hparams.get("model")
-    if not isinstance(name, str):
-        raise CheckpointError(f"checkpoint {str(path)!r} names no model in its hyper-parameters (sasa fit's checkpoints "
-                              f"do); a plain state dict can only be exported with --format state_dict")
-    if "ObjectDetector" in str(hparams.get("_class_path")) or name.startswith("retinanet"):
-        raise CheckpointError(f"checkpoint {str(path)!r} is a detector's ({name}); --format exported and onnx take a "
-                              f"classifier's, --format state_dict takes either")
-    model = create_model(name, num_classes=hparams.get("num_classes", 1000),
-                         **{**(hparams.get("model_options") or {}), **overrides})
-    result = model.load_state_dict(inference_weights(checkpoint), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not hold the weights of its own model {name}: missing "
-                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
-    return model.eval()
 
 
 def _check_image_size(image_size: int) -> None:

@@ -25,10 +25,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from ..distributed.preemption import Preemption
-from ..errors import ConfigError
-from ..tasks.weights import CheckpointError
+from ..checkpoint import checkpoint_hparams
+from ..errors import CheckpointError, ConfigError
 from .argument_errors import TRAINER_COMMANDS, explain_argument_error
-from .checkpoint_check import RUN_OPTIONS, checkpoint_hparams, refuse_contradictions
+from .checkpoint_check import RUN_OPTIONS, refuse_contradictions
 from .checkpoint_io import AtomicCheckpointIO
 from .model_summary import ModelSummary
 from .prediction_writer import PredictionWriter

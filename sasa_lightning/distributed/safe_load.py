@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..tasks.weights import CheckpointError
+from ..errors import CheckpointError
 
 
 # Rank 0's model states: without ZeRO-3, and with it.

@@ -4,8 +4,7 @@ from .classification import ImageClassifier
 from .detection import ObjectDetector
 from .ema import EMA
 from .reported_metrics import ReportedMetrics
-from .weights import CheckpointError
 
-__all__ = ["CheckpointError", "EMA", "ImageClassifier", "ObjectDetector", "ReportedMetrics", "TASKS"]
+__all__ = ["EMA", "ImageClassifier", "ObjectDetector", "ReportedMetrics", "TASKS"]
 
 TASKS = (ImageClassifier, ObjectDetector)

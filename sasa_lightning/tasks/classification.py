@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..checkpoint import load_for_finetuning
 from ..compat import is_batch_norm
 from ..models import create_model
 from .ema import EMA
 from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
 from .optim import ScaledLearningRate, optimizer_and_warmup_cosine
-from .weights import load_for_finetuning
 
 
 class ImageClassifier(ScaledLearningRate, L.LightningModule):

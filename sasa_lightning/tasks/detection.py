@@ -9,12 +9,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torchvision.models.detection import RetinaNet
 
-from ..models import create_model
+from ..checkpoint import load_backbone
 from ..errors import ConfigError
+from ..models import create_model
 from .optim import OPTIMIZERS, ScaledLearningRate, optimizer_and_warmup_cosine
 from .reported_metrics import ReportedMetrics
 from .train_means import TrainMeans
-from .weights import load_backbone
 
 # What validation and test log, as torchmetrics' MeanAveragePrecision names them; -1 where the
 # data has no object of that size (COCO's convention).
