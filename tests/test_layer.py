@@ -84,6 +84,20 @@ def test_bad_options_are_rejected(kwargs, message):
         LocalSelfAttention2d(**options)
 
 
+def test_a_layer_checks_its_options_once_where_it_is_built(monkeypatch):
+    from sasa_lightning.nn import attention, functional
+
+    checks = []
+    check = functional.check_options
+    counted = lambda *options: checks.append(options) or check(*options)  # noqa: E731
+    monkeypatch.setattr(attention, "check_options", counted)
+    monkeypatch.setattr(functional, "check_options", counted)
+    layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2)
+    for _ in range(3):
+        layer(torch.randn(1, 8, 5, 5))
+    assert checks == [(3, "zeros", "auto")]
+
+
 def test_bf16_autocast_runs_forward_and_backward():
     layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2)
     x = torch.randn(2, 8, 5, 5, requires_grad=True)

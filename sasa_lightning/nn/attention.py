@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .functional import BACKEND_NAMES, PADDING_MODES, backend_override, local_self_attention
+from .functional import check_options, local_self_attention
 from .positional import POSITIONAL_MODES, RelativeEmbedding2d, sinusoidal_2d
 
 LOGITS_MODES = ("qk+qr", "qr")
@@ -42,13 +42,8 @@ class LocalSelfAttention2d(nn.Module):
         super().__init__()
         _check_choice("positional", positional, POSITIONAL_MODES)
         _check_choice("logits", logits, LOGITS_MODES)
-        _check_choice("padding", padding, PADDING_MODES)
-        _check_choice("backend", backend, BACKEND_NAMES)
-        if backend == "auto":
-            backend_override()
+        check_options(kernel_size, padding, backend)
         _check_choice("stride", stride, (1, 2))
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ConfigError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
         if out_channels % heads:
             raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
         if logits == "qr" and positional != "relative":
@@ -83,7 +78,7 @@ class LocalSelfAttention2d(nn.Module):
         key_bias, rel_rows, rel_cols = self._positions(x)
         out = local_self_attention(
             x, self.query, self.key, self.value, rel_rows, rel_cols, self.kernel_size, self.heads,
-            key_bias, self.padding, self.backend,
+            key_bias, self.padding, self.backend, checked=True,
         )
         return self.pool(out)
 

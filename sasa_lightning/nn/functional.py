@@ -31,8 +31,9 @@ BACKEND_ENV = "SASA_ATTENTION_BACKEND"
 
 
 def backend_override() -> str:
-    """SASA_ATTENTION_BACKEND, or "auto" when it is unset; layers check it when they are built, so
-    a misspelt name stops a run before it starts."""
+    """SASA_ATTENTION_BACKEND, or "auto" when it is unset. Read at every call (a dictionary
+    look-up), so that one process can compare backends by setting it between calls; layers check
+    it when they are built (check_options), so a misspelt name stops a run before it starts."""
     backend = os.environ.get(BACKEND_ENV) or "auto"
     if backend not in BACKEND_NAMES:
         raise ConfigError(f"{BACKEND_ENV}={backend!r} is not a local attention backend; expected one of {BACKEND_NAMES}")
@@ -52,8 +53,6 @@ def candidates(backend: str, call: Call) -> list[str]:
     if backend == "auto":
         backend = backend_override()
     if backend != "auto":
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown local attention backend {backend!r}; expected one of {BACKEND_NAMES}")
         reason = BACKENDS[backend].can_run(call)
         if reason:
             raise BackendUnavailable(f"local attention backend {backend!r} cannot run here: {reason}")
@@ -97,13 +96,22 @@ def _autocast_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _check(
-    heads: int, head_dim: int, has_keys: bool, rel_rows: Tensor | None, rel_cols: Tensor | None, kernel_size: int, padding: str
-) -> None:
+def check_options(kernel_size: int, padding: str, backend: str) -> None:
+    """The operator's options: checked once where a layer is built (LocalSelfAttention2d), and by
+    the functions below for their direct callers."""
     if padding not in PADDING_MODES:
         raise ConfigError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ConfigError(f"kernel_size must be a positive odd number (the window is centred), got {kernel_size}")
+    if backend not in BACKEND_NAMES:
+        raise ConfigError(f"backend must be one of {BACKEND_NAMES} (local attention backends), got {backend!r}")
+    if backend == "auto":
+        backend_override()
+
+
+def _check(
+    heads: int, head_dim: int, has_keys: bool, rel_rows: Tensor | None, rel_cols: Tensor | None, kernel_size: int
+) -> None:
     if (rel_rows is None) != (rel_cols is None):
         raise ValueError("rel_rows and rel_cols must both be given or both be None")
     if not has_keys and rel_rows is None:
@@ -138,7 +146,8 @@ def local_attention(
     if q.dim() != 5 or v.shape != q.shape or (k is not None and k.shape != q.shape):
         shapes = [None if t is None else tuple(t.shape) for t in (q, k, v)]
         raise ValueError(f"q, k, v must all have shape (B, heads, head_dim, H, W); got {shapes}")
-    _check(q.shape[1], q.shape[2], k is not None, rel_rows, rel_cols, kernel_size, padding)
+    check_options(kernel_size, padding, backend)
+    _check(q.shape[1], q.shape[2], k is not None, rel_rows, rel_cols, kernel_size)
     call = Call(q.device, q.dtype, q.shape[2], kernel_size, _needs_grad(q, k, v, rel_rows, rel_cols))
     return _dispatch(backend, call, lambda impl: impl.local_attention(
         q=q, k=k, v=v, rel_rows=rel_rows, rel_cols=rel_cols, kernel_size=kernel_size, padding=padding))
@@ -156,17 +165,21 @@ def local_self_attention(
     key_bias: Tensor | None = None,
     padding: str = "zeros",
     backend: str = "auto",
+    checked: bool = False,
 ) -> Tensor:
     """The whole layer: 1x1 projections of x (B, C_in, H, W) into q, k, v, then local attention.
 
     Weights are (C_out, C_in); key_bias (1, C_out, H, W) is added to the keys (absolute
     positions). Backends may fuse the projections into their tiles (the chunked one does, so
-    the layer never stores q, k and v). Returns (B, C_out, H, W).
+    the layer never stores q, k and v). Returns (B, C_out, H, W). checked: kernel_size,
+    padding and backend have passed check_options (a layer checks them when it is built).
     """
     out_channels = query_weight.shape[0]
     if out_channels % heads:
         raise ConfigError(f"out_channels ({out_channels}) must be divisible by heads ({heads})")
-    _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size, padding)
+    if not checked:
+        check_options(kernel_size, padding, backend)
+    _check(heads, out_channels // heads, key_weight is not None, rel_rows, rel_cols, kernel_size)
     needs_grad = _needs_grad(x, query_weight, key_weight, value_weight, rel_rows, rel_cols, key_bias)
     call = Call(x.device, _autocast_dtype(x), out_channels // heads, kernel_size, needs_grad)
     return _dispatch(backend, call, lambda impl: impl.local_self_attention(
