@@ -20,7 +20,7 @@ define apt_install
 	fi
 endef
 
-.PHONY: install system-packages slurm-packages demo demo-detection test bench clean
+.PHONY: install system-packages slurm-packages demo demo-detection test check bench clean
 
 install: system-packages $(INSTALLED)
 
@@ -49,6 +49,12 @@ demo-detection: install
 
 test: install slurm-packages
 	$(PYTHON) -m pytest
+
+# The contributor's loop: the tests without the marks of the long ones (pyproject.toml's markers),
+# no SLURM packages needed. CI runs `make test`, all of them.
+CHECK_MARKS := not slow and not inductor and not slurm
+check: install
+	$(PYTHON) -m pytest -m "$(CHECK_MARKS)"
 
 bench: install
 	$(VENV)/bin/sasa bench layer

@@ -66,6 +66,7 @@ def test_summary_rejects_an_unknown_table():
     assert "invalid choice: 8" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no GPU")
 @pytest.mark.parametrize("name", ["triton-tiles", "profile-cuda"])
 def test_the_gpu_benchmarks_refuse_a_machine_without_one_in_one_line(name, tmp_path):

@@ -16,7 +16,7 @@ OPTIONS = [(True, True, False), (False, True, True), (True, False, True)]
 # them (the equivalence tests of test_operator.py and test_layer.py cover its options).
 CASES = [("cpu", dtype, *options) for dtype in (torch.float32, torch.float64) for options in OPTIONS]
 if triton_attention.can_run(Call(torch.device("cpu"), torch.float32, 8, 3, True)) is None:
-    CASES.append(("triton", torch.float32, True, True, False))
+    CASES.append(pytest.param("triton", torch.float32, True, True, False, marks=pytest.mark.slow))
 
 def _attention_args(dtype, has_keys, has_rel, requires_grad=True):
     batch, heads, dim, height, width, kernel_size = 2, 2, 4, 5, 6, 3

@@ -117,6 +117,7 @@ def first_epoch_labels(module, epoch):
     return torch.cat([y for _, y in loader]).tolist()
 
 
+@pytest.mark.slow
 def test_ffcv_epoch_order_follows_the_epoch_lightning_sets(betons):
     """A resumed run (a new loader at epoch 3) sees the order an uninterrupted run sees at epoch 3."""
     def module():

@@ -97,6 +97,7 @@ def trained(shapes, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_short_fit_lowers_the_loss_and_validates_with_coco_map(trained):
     logged = rows(trained)
     losses = [float(r["train/loss_epoch"]) for r in logged if r.get("train/loss_epoch")]
@@ -110,6 +111,7 @@ def test_a_short_fit_lowers_the_loss_and_validates_with_coco_map(trained):
     assert hparams["category_ids"] == [1, 2, 3] and hparams["category_names"] == ["circle", "square", "triangle"]
 
 
+@pytest.mark.slow
 def test_predict_writes_coco_results_and_drawings(trained, shapes):
     out = trained / "predict"
     assert main(["predict", *QUICK, "--data.init_args.root", str(shapes), "--trainer.default_root_dir", str(out),

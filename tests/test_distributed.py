@@ -112,6 +112,7 @@ def test_deepspeed_config_check_knows_what_deepspeed_reads():
         check_deepspeed_config({"zero_optimization": {"stag": 2}})
 
 
+@pytest.mark.slow
 def test_an_unknown_deepspeed_key_in_a_json_config_is_one_line_and_exit_2(tmp_path):
     ds_config = tmp_path / "ds.json"
     ds_config.write_text('{"zero_allow_untested_optimizer": true, "zero_optimization": {"stage": 2}, "gradient_clipp": 1}')

@@ -176,3 +176,18 @@ def test_every_relative_link_and_its_anchor_exist():
             if not path.exists() or (anchor and anchor not in anchors(path)):
                 broken.append(f"{doc.relative_to(ROOT)}: {target}")
     assert broken == []
+
+
+def test_make_check_leaves_out_every_mark_of_the_long_tests():
+    """`make check`, the contributors' loop README names: every test but those of the marks
+    pyproject.toml declares for long ones (all of its marks but requires_cuda, which skips itself)."""
+    import subprocess
+    import tomllib
+
+    markers = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["markers"]
+    long_marks = {marker.split(":")[0] for marker in markers} - {"requires_cuda"}
+    dry_run = subprocess.run(["make", "-n", "check"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    expression = re.search(r'-m pytest -m "([^"]+)"', dry_run).group(1)
+    assert expression.split(" and ") == [f"not {mark}" for mark in ("slow", "inductor", "slurm")]
+    assert set(re.findall(r"not (\w+)", expression)) == long_marks
+    assert "`make check`" in (ROOT / "README.md").read_text()

@@ -39,6 +39,7 @@ def module(path):
     return m
 
 
+@pytest.mark.slow
 def test_an_epoch_cut_short_joins_its_reader_thread(many_images):
     for loader in (module(many_images).train_dataloader(), module(many_images).val_dataloader()):
         batches = iter(loader)
@@ -53,6 +54,7 @@ def test_an_epoch_read_to_its_end_leaves_no_thread(many_images):
     assert not ffcv_threads()
 
 
+@pytest.mark.slow
 def test_an_iterator_left_open_is_joined_before_the_interpreter_finalises(many_images):
     """The process abandons an epoch mid-way; an atexit hook registered before ours runs after
     it (atexit is last in, first out) and sees what is still alive when finalisation begins."""

@@ -189,6 +189,7 @@ def test_predict_writes_the_top5_of_every_validation_image(tmp_path):
     assert torch.all(predictions["probabilities"][:, :-1] >= predictions["probabilities"][:, 1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -230,6 +231,7 @@ def test_bad_input_is_one_line(extra, message, tmp_path, digits_cache):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_the_trainer_writes_checkpoints_atomically(tmp_path):
     from sasa_lightning.cli.checkpoint_io import AtomicCheckpointIO
     from sasa_lightning.cli.lightning_cli import SasaCLI
@@ -258,6 +260,7 @@ def kinds(trainer):
     return [type(callback).__name__ for callback in trainer.callbacks]
 
 
+@pytest.mark.slow
 def test_default_callback_sections_configure_the_run(tmp_path):
     from sasa_lightning.cli.lightning_cli import SasaCLI
 
@@ -275,6 +278,7 @@ def test_default_callback_sections_configure_the_run(tmp_path):
     assert next(c for c in trainer.callbacks if type(c).__name__ == "LineProgress").every_seconds == 5
 
 
+@pytest.mark.slow
 def test_the_model_summary_counts_parameters_and_shows_no_flops_it_cannot_count(tmp_path, caplog):
     import logging
 
@@ -287,6 +291,7 @@ def test_the_model_summary_counts_parameters_and_shows_no_flops_it_cannot_count(
     assert "FLOPs" not in caplog.text and "Total Flops" not in caplog.text
 
 
+@pytest.mark.slow
 def test_checkpointing_and_logging_can_be_switched_off(tmp_path):
     from sasa_lightning.cli.lightning_cli import SasaCLI
 

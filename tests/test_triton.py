@@ -159,6 +159,7 @@ _NO_LAUNCH = {"empty", "empty_strided", "empty_like", "new_empty", "detach", "al
               "resolve_neg", "lift_fresh"}
 
 
+@pytest.mark.slow
 @runs_here
 def test_one_layer_step_launches_a_handful_of_kernels(monkeypatch):
     """Forward and backward of a layer under bf16 autocast, counted by the operators that reach
