@@ -57,6 +57,10 @@ def test_coco_tooling_rules_degenerate_outside_crowd_empty_and_category_gaps(tmp
      "names category 9, which the file does not list"),
     (lambda root, path: path.write_text(path.read_text().replace('"image_id": 1', '"image_id": 5')),
      "names image 5, which the file does not list"),
+    (lambda root, path: path.write_text(path.read_text().replace('"category_id": 7', '"category_id": "7"')),
+     r"has category_id '7', a str; COCO's ids are integers \(e.g. \"category_id\": 3, not \"3\"\)"),
+    (lambda root, path: path.write_text(path.read_text().replace('"image_id": 1', '"image_id": 1.0')),
+     "has image_id 1.0, a float; COCO's ids are integers"),
     (lambda root, path: path.write_text(path.read_text().replace("[10, 5, 20, 10]", "[10, 5, 20]")),
      r"has bbox \[10, 5, 20\]; expected \[x, y, width, height\]"),
 ])

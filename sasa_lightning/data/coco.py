@@ -86,6 +86,11 @@ def load_coco(annotation_file: str | os.PathLike, image_dir: str | os.PathLike) 
     dropped = 0
     for annotation in data["annotations"]:
         where = f"annotation {annotation.get('id')} of {str(path)!r}"
+        for key in ("image_id", "category_id"):
+            value = annotation.get(key)
+            if value is not None and not _is_id(value):
+                raise DataError(f"{where} has {key} {value!r}, a {type(value).__name__}; COCO's ids are integers "
+                                f"(e.g. \"{key}\": 3, not \"3\")")
         image = images.get(annotation.get("image_id"))
         if image is None:
             raise DataError(f"{where} names image {annotation.get('image_id')}, which the file does not list")
