@@ -321,9 +321,9 @@ def many_images(tmp_path_factory):
     return root
 
 
-def start_writer(src: Path, out: Path) -> subprocess.Popen:
+def start_writer(src: Path, out: Path, workers: int = 2) -> subprocess.Popen:
     command = [sys.executable, "-m", "sasa_lightning.cli", "data", "write-ffcv", "--src", str(src), "--out", str(out),
-               "--num-workers", "2"]
+               "--num-workers", str(workers)]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             cwd=out.parent, preexec_fn=_as_from_a_terminal)
 
@@ -358,6 +358,47 @@ def test_an_interrupted_ffcv_write_stops_and_cleans_up(how, many_images, tmp_pat
     stdout, stderr = process.communicate(timeout=30)
     assert time.monotonic() - started < 10
     check_failure(process.returncode, stderr, stdout, Case([], ["interrupted"], [out], status=130), tmp_path, before)
+
+
+@pytest.fixture(scope="module")
+def thousands_of_images(tmp_path_factory):
+    """3,000 small JPEGs: a few seconds to write with one worker, and more work queued up front than
+    a pipe holds (30 chunks of 100 samples, about 360 KB against 64 KiB), which is what kept an
+    interrupted writer from exiting: its queue's feeder thread, joined at exit, waited for a
+    reader that was gone. The 600 images above stay under that."""
+    root = tmp_path_factory.mktemp("thousands") / "images"
+    for label in range(3):
+        (root / f"c{label}").mkdir(parents=True)
+        for index in range(1000):
+            Image.new("RGB", (48, 48), (index % 256, 80 * label, 120)).save(root / f"c{label}" / f"{index}.jpg")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["Ctrl-C", "SIGTERM", "SIGKILL"])
+def test_a_writer_with_more_work_queued_than_a_pipe_holds_ends_at_a_signal(how, thousands_of_images, tmp_path):
+    out = tmp_path / "train.beton"
+    before = shm()
+    process = start_writer(thousands_of_images, out, workers=1)
+    wait_until_writing(process, out)
+    started = time.monotonic()
+    {"Ctrl-C": lambda: os.killpg(process.pid, signal.SIGINT), "SIGTERM": lambda: process.send_signal(signal.SIGTERM),
+     "SIGKILL": lambda: os.killpg(process.pid, signal.SIGKILL)}[how]()  # the group: its resource tracker too
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:  # hung: end it, so that the failure is all this test leaves
+            os.killpg(process.pid, signal.SIGKILL)
+    assert time.monotonic() - started < 10, f"the writer took {time.monotonic() - started:.0f} s to end"
+    if how == "SIGKILL":
+        deadline = time.monotonic() + 10
+        while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not processes_mentioning(str(tmp_path)), "the writer's workers outlived it"
+        assert shm() - before == set(), "a killed writer left shared memory behind"
+        assert not out.exists()  # its partial file is the next write's to remove (test above)
+    else:
+        check_failure(process.returncode, stderr, stdout, Case([], ["interrupted"], [out], status=130), tmp_path, before)
 
 
 @pytest.mark.slow
