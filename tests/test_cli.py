@@ -60,6 +60,7 @@ def test_summary_text_shows_ours_beside_the_paper(capsys):
     assert "Table 6" in out and "q.r logits only" in out and "16.7" in out
 
 
+@pytest.mark.slow
 def test_summary_rejects_an_unknown_table():
     result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", "summary", "--table", "8"], capture_output=True, text=True)
     assert result.returncode == 2
@@ -144,6 +145,7 @@ def test_plot_draws_the_panels_of_the_task_whose_metrics_the_log_holds():
     assert task_curves({"val/acc1": []}) == ImageClassifier.reported.curves
 
 
+@pytest.mark.slow
 def test_write_ffcv_command(tmp_path, capsys):
     from PIL import Image
 

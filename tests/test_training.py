@@ -65,6 +65,7 @@ def test_every_config_parses(config, capsys):
         assert "strategy: ddp" in printed or "class_path: sasa_lightning.distributed.DeepSpeedStrategy" in printed
 
 
+@pytest.mark.slow
 def test_generated_configs_are_up_to_date():
     import subprocess
     import sys
