@@ -93,13 +93,17 @@ def _quiet_library_noise() -> None:
     # torch deprecates an API Lightning 2.6's _pytree still calls; nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    if not any(isinstance(f, _AdvertFilter) for f in rank_zero.filters):
-        rank_zero.addFilter(_AdvertFilter())
+    if not any(isinstance(f, _NoiseFilter) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoiseFilter())
 
 
-class _AdvertFilter(logging.Filter):
+class _NoiseFilter(logging.Filter):
+    # Lightning's advert for its cloud logger, and its note that the Trainer has a model summary
+    # already (the `model_summary` section every run has, cli/model_summary.py).
+    NOISE = ("💡 Tip", "Trainer already configured with model summary callbacks")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("💡 Tip")  # Lightning's advert for its cloud logger
+        return not record.getMessage().startswith(self.NOISE)
 
 
 class SasaCLI(LightningCLI):
