@@ -51,15 +51,20 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def make_parent(out: str | os.PathLike) -> None:
-    """Create the folder `out` goes in; one line naming the culprit when part of that path is a file."""
+def refuse_file_on_path(out: str | os.PathLike) -> None:
+    """Raise one line naming the culprit when a folder on the path of `out` is a file; creates nothing."""
     parent = Path(out).parent
     for folder in (parent, *parent.parents):
         if folder.exists():
             if not folder.is_dir():
                 raise OSError(errno.ENOTDIR, f"cannot write {str(out)!r}: a folder on its path is a file", str(folder))
-            break
-    parent.mkdir(parents=True, exist_ok=True)
+            return
+
+
+def make_parent(out: str | os.PathLike) -> None:
+    """Create the folder `out` goes in; one line naming the culprit when part of that path is a file."""
+    refuse_file_on_path(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
 
 
 def remove_stale_partials(out: Path) -> None:

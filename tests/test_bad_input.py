@@ -77,7 +77,7 @@ def check_failure(result_status: int, stderr: str, stdout: str, case: Case, tmp_
 
 
 def run_case(case: Case, tmp_path: Path, cache: Path) -> None:
-    env = dict(os.environ, SASA_CACHE=str(cache), **case.env)
+    env = {**os.environ, "SASA_CACHE": str(cache), **case.env}
     env.pop("SASA_DEBUG", None)
     before = shm()
     result = subprocess.run([sys.executable, "-m", "sasa_lightning.cli", *case.argv], capture_output=True, text=True,
@@ -254,8 +254,10 @@ def cases(tmp: Path) -> dict[str, Case]:
         "plot of a run that logged nothing": Case(["plot", str(tmp / "metrics_empty")], ["metrics.csv", "no rows"],
                                                   [tmp / "metrics_empty" / "curves.png"]),
         "plot of a folder without metrics": Case(["plot", str(tmp / "empty_folder")], ["metrics.csv"]),
+        # Refused before the data set is written to a cache of its own (it used to be written first).
         "a run folder under a file": Case(["fit", "--config", DIGITS, "--trainer.default_root_dir", str(tmp / "a_file" / "run")],
-                                          ["a_file"]),
+                                          ["a_file", "is a file"], [tmp / "cache_of_the_run_under_a_file"],
+                                          env={"SASA_CACHE": str(tmp / "cache_of_the_run_under_a_file")}),
         "make-shapes into a path under a file": Case(["data", "make-shapes", "--out", str(tmp / "a_file" / "shapes"),
                                                       "--train", "2", "--val", "1", "--image-size", "64"],
                                                      ["shapes", "is a file", "a_file'"]),

@@ -24,6 +24,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from ..atomic import refuse_file_on_path
 from ..distributed.preemption import Preemption
 from ..checkpoint import checkpoint_hparams
 from ..errors import CheckpointError, ConfigError
@@ -174,6 +175,8 @@ class SasaCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self._get(self.config_init, "trainer", default={})
         self.run_root = config.get("default_root_dir") or os.getcwd()
+        # Said now, not after the data set is written (minutes, on a first run) and training starts.
+        refuse_file_on_path(os.path.join(self.run_root, "checkpoints"))
         if config.get("logger") in (None, True):
             kwargs["logger"] = default_loggers(self.run_root)
         try:
