@@ -129,6 +129,7 @@ def cases(tmp: Path) -> dict[str, Case]:
     (tmp / "a_file").write_text("I am a file")
     (tmp / "bad.yaml").write_text("trainer:\n  max_epochs: [1, 2\n")
     (tmp / "misspelt.yaml").write_text("trainer:\n  max_epoch: 3\n")
+    (tmp / "misspelt_task.yaml").write_text("model:\n  init_args:\n    lr_per_25: 0.1\n")
     (tmp / "text.ckpt").write_text("not a checkpoint\n")
     (tmp / "empty_folder").mkdir()
     (tmp / "no_images" / "c0").mkdir(parents=True)
@@ -163,6 +164,10 @@ def cases(tmp: Path) -> dict[str, Case]:
         "misspelt key in a config": Case(["fit", "--config", DIGITS, "--config", str(tmp / "misspelt.yaml")],
                                          ["max_epoch", "max_epochs"]),
         "misspelt option on the command line": Case([*fit, "--trainer.max_epoch", "3"], ["max_epoch", "max_epochs"]),
+        "misspelt task option in a config": Case([*fit, "--config", str(tmp / "misspelt_task.yaml")],
+                                                 ["'lr_per_25'", "ImageClassifier", "misspelt_task.yaml", "'lr_per_256'"]),
+        "misspelt data option on the command line": Case([*fit, "--data.init_args.batchsize", "8"],
+                                                         ["'batchsize'", "DigitsData", "'batch_size'"]),
         "unknown model name": Case([*fit, "--model.init_args.model", "sasa_resnet99"], ["sasa_resnet99", "sasa_resnet50"], run),
         "unknown model option": Case([*fit, "--model.init_args.model_options", '{"kernal_size": 3}'], ["kernal_size"], run),
         "even attention window": Case([*fit, "--model.init_args.model_options", '{"kernel_size": 4}'], ["kernel_size", "odd"], run),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 import re
 
 from ..compat import option_strings
@@ -32,6 +34,15 @@ def _flat_keys(tree, prefix: str = "") -> set[str]:
     return keys
 
 
+def _init_args(class_path: str) -> list[str]:
+    module, name = class_path.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+
+
 def explain_argument_error(parser, args: list[str] | None, error: Exception) -> str:
     import yaml
 
@@ -53,8 +64,20 @@ def explain_argument_error(parser, args: list[str] | None, error: Exception) -> 
     # "does not accept option 'trainer.max_epoch'", "Key 'x' is not expected", "Unrecognized arguments: --x 3"
     bad = re.search(r"does not accept option '([\w.]+)'|[Kk]ey '([\w.]+)' is not expected|[Uu]nrecognized arguments: --([\w.]+)",
                     message)
+    # An unknown init arg of the model or data class: jsonargparse reports the Union of the class and None.
+    unaccepted = re.search(r"Parser key \"(\w+)\":.*class_path '([\w.]+)': Option '(\w+)' is not accepted", message)
     hint = ""
-    if bad:
+    if unaccepted:
+        section, class_path, option = unaccepted.groups()
+        message = f"{section} option {option!r} is not one of {class_path.rsplit('.', 1)[-1]}'s"
+        sources = [path for path, tree in configs.items()
+                   if {f"{section}.{option}", f"{section}.init_args.{option}"} & _flat_keys(tree)]
+        if sources:
+            message += f" (in {sources[-1]!r})"
+        close = difflib.get_close_matches(option, _init_args(class_path), n=1, cutoff=0.6)
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+    elif bad:
         key = next(group for group in bad.groups() if group)
         sources = [path for path, tree in configs.items() if key in _flat_keys(tree)]
         if sources:
