@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from report import write_report
 
@@ -156,12 +157,25 @@ def forward_gflop(variant: str, shape) -> float:
     return 2 * batch * macs / 1e9
 
 
-def _resident_mib(field: str) -> float:
+def _peak_hwm_mib() -> float:
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith(field + ":"):
+            if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError("VmHWM not in /proc/self/status")
+
+
+def resident_peak_mib(run: Callable[[], object]) -> float:
+    """Peak resident MiB of this process while `run()` runs, above what was resident when it began."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets VmHWM, the peak resident set, to the current one
+    # The base is the reset peak itself: a VmRSS read just before could be above it (pages freed in
+    # between), and a small step's peak then came out negative.
+    before = _peak_hwm_mib()
+    run()
+    # The kernel keeps RSS in per-CPU counters and reads them approximately, so a step that needs no
+    # new pages can read a page or two below its base (CI saw -0.004 MiB): that is a peak of zero.
+    return max(0.0, _peak_hwm_mib() - before)
 
 
 def measure(variant: str, shape: tuple[int, int, int, int], repeats: int, device: str) -> dict:
@@ -194,13 +208,7 @@ def measure(variant: str, shape: tuple[int, int, int, int], repeats: int, device
             step()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         else:
-            with open("/proc/self/clear_refs", "w") as clear:
-                clear.write("5")  # resets VmHWM, the peak resident set, to the current one
-            # The base is the reset peak itself: a VmRSS read just before could be above it (pages
-            # freed in between), and a small step's peak then came out negative.
-            before = _resident_mib("VmHWM")
-            step()
-            peak = _resident_mib("VmHWM") - before
+            peak = resident_peak_mib(step)
         return {"peak_mib": peak, "peak_activations": peak / activation_mib}
     times = [step() for _ in range(repeats)]
     return {"time_s": statistics.median(times), "first_call_s": first_call,

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from layer import _resident_mib, _run_child
+from layer import _run_child, resident_peak_mib
 from report import write_report
 
 RESULTS = Path(__file__).parent / "results"
@@ -42,11 +42,7 @@ def model_peak(name: str, backend: str, size: int) -> float:
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000, **({"backend": backend} if backend != "-" else {}))
     images, labels = torch.randn(MODEL_BATCH, 3, size, size), torch.zeros(MODEL_BATCH, dtype=torch.long)
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")  # resets VmHWM to the current resident set
-    before = _resident_mib("VmHWM")  # the reset peak: a VmRSS read before the reset could exceed it
-    torch.nn.functional.cross_entropy(model(images), labels).backward()
-    return _resident_mib("VmHWM") - before
+    return resident_peak_mib(lambda: torch.nn.functional.cross_entropy(model(images), labels).backward())
 
 
 def _model_child(name: str, backend: str, size: int) -> float:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,17 @@ def test_layer_benchmark_runs_and_records(tmp_path):
     # Positive, not compared with 1: both are timings, and a loaded machine can slow the matmul
     # measurement more than the layer's (it failed once beside a concurrent test run).
     assert report["results"][1]["fraction_of_matmul"] > 0 and report["matmul_gflops"] > 0
+
+
+def test_a_resident_peak_is_never_below_zero_and_counts_the_pages_a_step_touches(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import layer
+
+    assert 60 <= layer.resident_peak_mib(lambda: bytearray(64 * 2**20)) <= 80
+    # A step that needs no new pages: the approximate per-CPU RSS counters once read 4 KiB below the base.
+    readings = iter([100.0, 99.996])
+    monkeypatch.setattr(layer, "_peak_hwm_mib", lambda: next(readings))
+    assert layer.resident_peak_mib(lambda: None) == 0.0
 
 
 @pytest.mark.slow
