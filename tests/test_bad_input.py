@@ -311,6 +311,21 @@ def test_bad_input(name, inputs, cache):
 
 # --- interruptions and a full disk ----------------------------------------------------------------
 
+def test_the_nearest_init_arg_is_sought_among_named_parameters_only(monkeypatch):
+    """A task or data class of a user's may take *args and **kwargs under any names: they are no options."""
+    import types
+
+    from sasa_lightning.cli.argument_errors import _init_args
+
+    class Options:
+        def __init__(self, lr_per_256: float, *extra, batch_size: int = 8, **rest):
+            pass
+
+    monkeypatch.setitem(sys.modules, "users_module", types.SimpleNamespace(Options=Options))
+    assert _init_args("users_module.Options") == ["lr_per_256", "batch_size"]
+    assert _init_args("users_module.Missing") == _init_args("no_such_module.Options") == []
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory):
     """Large images, each resized by the writer, so that writing them takes a few seconds (600 of

@@ -40,7 +40,14 @@ def _init_args(class_path: str) -> list[str]:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return []
-    return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    return [name for name, parameter in inspect.signature(cls).parameters.items()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
+
+
+def _source(configs: dict, *keys: str) -> str:
+    """' (in 'x.yaml')' for the last config file that sets one of the keys, or ''."""
+    sources = [path for path, tree in configs.items() if set(keys) & _flat_keys(tree)]
+    return f" (in {sources[-1]!r})" if sources else ""
 
 
 def explain_argument_error(parser, args: list[str] | None, error: Exception) -> str:
@@ -70,18 +77,13 @@ def explain_argument_error(parser, args: list[str] | None, error: Exception) -> 
     if unaccepted:
         section, class_path, option = unaccepted.groups()
         message = f"{section} option {option!r} is not one of {class_path.rsplit('.', 1)[-1]}'s"
-        sources = [path for path, tree in configs.items()
-                   if {f"{section}.{option}", f"{section}.init_args.{option}"} & _flat_keys(tree)]
-        if sources:
-            message += f" (in {sources[-1]!r})"
+        message += _source(configs, f"{section}.{option}", f"{section}.init_args.{option}")
         close = difflib.get_close_matches(option, _init_args(class_path), n=1, cutoff=0.6)
         if close:
             hint = f"; did you mean {close[0]!r}?"
     elif bad:
         key = next(group for group in bad.groups() if group)
-        sources = [path for path, tree in configs.items() if key in _flat_keys(tree)]
-        if sources:
-            message += f" (in {sources[-1]!r})"
+        message += _source(configs, key)
         close = difflib.get_close_matches(key, _keys(parser, subcommand), n=1, cutoff=0.6)
         if close:
             hint = f"; did you mean {close[0]!r}?"
