@@ -40,7 +40,7 @@ def _init_args(class_path: str) -> list[str]:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return []
-    return [name for name, parameter in inspect.signature(cls).parameters.items()
+    return [key for key, parameter in inspect.signature(cls).parameters.items()
             if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)]
 
 
